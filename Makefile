@@ -37,7 +37,7 @@ models: $(STAMP)
 setup: system $(STAMP) models
 
 run: setup
-	$(BIN)/voicebot text
+	$(BIN)/voicebot serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check voicebot tests

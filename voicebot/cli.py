@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -82,7 +83,12 @@ def _add_engine_flags(parser: argparse.ArgumentParser, *, stt: bool, llm: bool, 
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if ("." in k or k == "profile") and v is not None}
+    values = {
+        k: v for k, v in vars(args).items() if ("." in k or k == "profile") and v is not None
+    }
+    if args.command == "client":
+        values.pop("profile", None)  # the server's profile, not a local setting
+    return values
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -294,6 +300,259 @@ def _cmd_text(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- voice chat
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from .transports.mic import list_devices
+
+    devices = list_devices()
+    if not devices:
+        print("no sound devices found", file=sys.stderr)
+        return 1
+    print(f"{'IDX':>3}  {'IN':>2} {'OUT':>3}  {'RATE':>6}  {'API':<10} NAME")
+    for d in devices:
+        mark = ("<" if d.is_default_input else " ") + (">" if d.is_default_output else " ")
+        print(
+            f"{d.index:>3}{mark}{d.max_input_channels:>2} {d.max_output_channels:>3}  "
+            f"{d.default_sample_rate_hz:>6}  {d.host_api:<10} {d.name}"
+        )
+    print("\n< default input, > default output", file=sys.stderr)
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from .engines import load_engines
+
+    settings = _settings(args)
+    if bool(args.input) != bool(args.output):
+        raise VoicebotError("--input and --output go together (file mode)")
+    store = _open_store(settings)
+    if args.conversation and not store.exists(args.conversation):
+        raise VoicebotError(f"no conversation {args.conversation!r}: see `voicebot history list`")
+    settings.get_profile()
+    if args.input:
+        from .audio import read_audio
+
+        recording = read_audio(args.input, 16000)
+    print("[loading models...]", file=sys.stderr, flush=True)
+    engines = load_engines(settings)
+    engines.warm_up()
+    try:
+        if args.input:
+            return asyncio.run(_chat_file(args, settings, store, engines, recording))
+        return _run_until_signal(_chat_mic(args, settings, store, engines))
+    finally:
+        engines.close()
+        store.close()
+
+
+async def _chat_file(
+    args: argparse.Namespace, settings: Settings, store: Any, engines: Any, recording: bytes
+) -> int:
+    from .audio import write_wav
+    from .session import Session
+    from .transports.console import ConsoleView, fan_out, latency_summary
+    from .transports.file import Timeline, feed_recording
+
+    position = [0.0]
+    started = time.perf_counter()
+    if args.fast:
+        timeline = Timeline(engines.tts.sample_rate_hz, lambda: position[0])
+    else:
+        timeline = Timeline(engines.tts.sample_rate_hz, lambda: time.perf_counter() - started)
+    view = ConsoleView(settings.get_profile().display_name, show_state=args.verbose > 0)
+    session = Session(
+        engines, settings, sink=fan_out(timeline, view), store=store,
+        conversation_id=args.conversation, input_sample_rate_hz=16000,
+        barge_in=True if args.barge_in is None else args.barge_in,
+        realtime_playback=not args.fast,
+    )
+    await session.start(greet=args.greet)
+    started = time.perf_counter()
+    await feed_recording(session, recording, 16000, realtime=not args.fast, position=position)
+    await session.close()
+    write_wav(args.output, timeline.audio(len(recording) / 32000), timeline.sample_rate_hz)
+    print(
+        f"[conversation {session.conversation_id}: {len(view.metrics)} turns; "
+        f"{latency_summary(view.metrics)}; wrote {args.output}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _chat_mic(args: argparse.Namespace, settings: Settings, store: Any, engines: Any) -> int:
+    from .session import Session
+    from .transports.console import ConsoleView, fan_out, latency_summary
+    from .transports.mic import MicrophoneSource, SpeakerSink
+
+    source = MicrophoneSource(args.input_device)
+    speaker = SpeakerSink(args.output_device)
+    rate = source.open()
+    speaker.open()
+    view = ConsoleView(settings.get_profile().display_name)
+    session = Session(
+        engines, settings, sink=fan_out(speaker, view), store=store,
+        conversation_id=args.conversation, input_sample_rate_hz=rate,
+        barge_in=bool(args.barge_in),
+    )
+    try:
+        cid = await session.start(greet=args.greet is not False)
+        mode = "barge-in on" if session.barge_in else "half-duplex: use --barge-in with a headset"
+        print(f"[conversation {cid}; {mode}; Ctrl-C to stop]", file=sys.stderr, flush=True)
+        await session.run(source.chunks())
+    finally:
+        await session.close()
+        source.close()
+        speaker.close()
+        if view.metrics:
+            print(f"[{latency_summary(view.metrics)}]", file=sys.stderr)
+    return 0
+
+
+def _run_until_signal(main: Any) -> int:
+    """Run a coroutine until it ends or SIGINT/SIGTERM arrives (then cancel it cleanly)."""
+    import signal
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(main)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return int(await task)
+        except asyncio.CancelledError:
+            return 0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())
+
+
+# ----------------------------------------------------------------------------- server
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .engines import load_engines
+    from .transports.websocket import VoiceServer
+
+    settings = _settings(args)
+    store = _open_store(settings)
+    started = time.perf_counter()
+    print("voicebot: loading and warming up the models...", file=sys.stderr, flush=True)
+    engines = load_engines(settings)
+    engines.warm_up()
+    ready_s = time.perf_counter() - started
+
+    async def serve() -> int:
+        server = VoiceServer(engines, settings, store)
+        await server.start()
+        print(
+            f"voicebot: ready in {ready_s:.1f} s. Open {server.url} in a browser "
+            f"(websocket at {server.url.replace('http', 'ws', 1)}ws)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            await server.serve_forever()
+        finally:
+            await server.close()
+        return 0
+
+    try:
+        return _run_until_signal(serve())
+    finally:
+        engines.close()
+        store.close()
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    return asyncio.run(_client(args))
+
+
+async def _client(args: argparse.Namespace) -> int:
+    from .audio import read_audio, write_wav
+    from .events import AudioOut, Interrupted
+    from .transports.client import VoiceClient
+    from .transports.file import Timeline
+
+    if args.input:
+        recording = read_audio(args.input, 16000)
+        rate = 16000
+    else:
+        from .transports.mic import MicrophoneSource
+
+        mic = MicrophoneSource(args.input_device)
+        rate = mic.open()
+    client = VoiceClient(
+        args.url, sample_rate_hz=rate, token=args.token or "", profile=args.profile,
+        conversation_id=args.conversation, barge_in=args.barge_in, greet=False,
+    )
+    ready = await client.connect()
+    out_rate = int(ready["sample_rate"])
+    print(f"[connected: conversation {ready['conversation_id']}, profile {ready['profile']}]",
+          file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    timeline = Timeline(out_rate, lambda: time.perf_counter() - started)
+    speaker = None
+    if not args.output:
+        from .transports.mic import SpeakerSink
+
+        speaker = SpeakerSink(args.output_device)
+        speaker.open()
+
+    async def send() -> None:
+        if args.input:
+            step = 2 * rate // 50
+            for index, offset in enumerate(range(0, len(recording), step)):
+                delay = started + index * 0.02 - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await client.send_audio(recording[offset : offset + step])
+            await client.stop()
+        else:
+            async for chunk in mic.chunks():
+                await client.send_audio(chunk)
+
+    sender = asyncio.create_task(send(), name="client-send")
+    name = ready.get("display_name", "bot")
+    try:
+        async for item in client.events():
+            if isinstance(item, bytes):
+                if speaker is not None:
+                    await speaker(AudioOut(0, item, out_rate))
+                else:
+                    timeline.add(item, out_rate)
+                continue
+            kind = item.get("type")
+            if kind == "transcript" and item.get("text"):
+                print(f"you: {item['text']}", flush=True)
+            elif kind == "reply_done":
+                print(f"{name}: {item['text']}", flush=True)
+            elif kind == "interrupted":
+                timeline.cut()
+                if speaker is not None:
+                    await speaker(Interrupted(0, ""))
+                print(f"  [interrupted; heard: {item['heard_text']!r}]", flush=True)
+            elif kind == "metrics":
+                parts = ", ".join(f"{k} {v:.0f}" for k, v in item["ms"].items())
+                print(f"[turn {item['turn_id']} ms: {parts}]", file=sys.stderr, flush=True)
+            elif kind == "error":
+                print(f"[error {item['code']}: {item['message']}]", file=sys.stderr, flush=True)
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+        await client.close()
+        if speaker is not None:
+            speaker.close()
+    if args.output:
+        write_wav(args.output, timeline.audio(), out_rate)
+        print(f"[wrote {args.output}]", file=sys.stderr)
+    return 0
+
+
 # ----------------------------------------------------------------------------- history
 
 
@@ -382,6 +641,53 @@ def build_parser() -> argparse.ArgumentParser:
     reply.add_argument("--conversation", metavar="ID", help="resume a stored conversation")
     _add_engine_flags(reply, stt=True, llm=True, tts=True)
     reply.set_defaults(func=_cmd_reply)
+
+    devices = sub.add_parser("devices", help="list microphones and speakers")
+    devices.set_defaults(func=_cmd_devices)
+
+    chat = sub.add_parser("chat", help="talk with the microphone and speaker (or a recording)")
+    chat.add_argument("--input-device", metavar="DEVICE", help="microphone name or index")
+    chat.add_argument("--output-device", metavar="DEVICE", help="speaker name or index")
+    chat.add_argument("--barge-in", action=argparse.BooleanOptionalAction, default=None,
+                      help="let speech interrupt the reply (default: off with the microphone, "
+                      "where open speakers echo; on with --input)")
+    chat.add_argument("--input", metavar="IN.wav", help="file mode: answer a recording")
+    chat.add_argument("--output", metavar="OUT.wav", help="file mode: the replies, time-aligned")
+    chat.add_argument("--fast", action="store_true",
+                      help="file mode: no real-time pacing (the input waits while it replies)")
+    chat.add_argument("--greet", action=argparse.BooleanOptionalAction, default=None,
+                      help="speak the profile's greeting first (default: on with the microphone)")
+    chat.add_argument("--conversation", metavar="ID", help="resume a stored conversation")
+    _add_engine_flags(chat, stt=True, llm=True, tts=True)
+    chat.set_defaults(func=_cmd_chat)
+
+    serve = sub.add_parser("serve", help="the websocket server and browser client")
+    serve.add_argument("--host", dest="server.host", metavar="ADDR", help="default 127.0.0.1")
+    serve.add_argument("--port", dest="server.port", type=int, metavar="N", help="default 8765")
+    serve.add_argument("--token", dest="server.token", metavar="SECRET",
+                       help="shared secret clients must send (required beyond loopback)")
+    serve.add_argument("--max-sessions", dest="server.max_sessions", type=int, metavar="N")
+    serve.add_argument("--idle-timeout", dest="server.idle_timeout_s", type=float, metavar="S")
+    serve.add_argument("--max-message-bytes", dest="server.max_message_bytes", type=int,
+                       metavar="N", help="largest websocket message (default 1 MiB)")
+    serve.add_argument("--allow-origin", dest="server.allowed_origins", action="append",
+                       metavar="ORIGIN", help="another browser origin allowed (repeatable)")
+    serve.add_argument("--certfile", dest="server.certfile", metavar="PEM")
+    serve.add_argument("--keyfile", dest="server.keyfile", metavar="PEM")
+    _add_engine_flags(serve, stt=True, llm=True, tts=True)
+    serve.set_defaults(func=_cmd_serve)
+
+    client = sub.add_parser("client", help="talk to a voicebot server from a file or the mic")
+    client.add_argument("url", metavar="URL", help="ws://HOST:PORT/ws")
+    client.add_argument("--input", metavar="FILE", help="stream this recording (default: mic)")
+    client.add_argument("--output", metavar="OUT.wav", help="save the reply (default: play it)")
+    client.add_argument("--input-device", metavar="DEVICE")
+    client.add_argument("--output-device", metavar="DEVICE")
+    client.add_argument("--token", metavar="SECRET")
+    client.add_argument("--profile", metavar="NAME")
+    client.add_argument("--conversation", metavar="ID")
+    client.add_argument("--barge-in", action=argparse.BooleanOptionalAction, default=True)
+    client.set_defaults(func=_cmd_client)
 
     history = sub.add_parser("history", help="stored conversations")
     hsub = history.add_subparsers(dest="history_command", required=True, metavar="ACTION")

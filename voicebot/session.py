@@ -371,9 +371,14 @@ class Session:
         elif self._requested_id:
             self.dialogue = Dialogue(self.profile, conversation_id=self._requested_id)
         await self._emit(StateChanged(self.state))
-        if greet and self.profile.greeting and not self.dialogue.turns:
-            await self._speak_greeting(self.profile.greeting)
+        if greet:
+            await self.greet()
         return self.conversation_id
+
+    async def greet(self) -> None:
+        """Speak the profile's greeting, if it has one and the conversation is new."""
+        if self.profile.greeting and not self.dialogue.turns and not self._reply_in_progress():
+            await self._speak_greeting(self.profile.greeting)
 
     async def run(self, audio: AsyncIterable[bytes]) -> None:
         """Consume an audio stream to its end, then let the last reply finish."""

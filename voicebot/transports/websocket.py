@@ -1,0 +1,403 @@
+"""The websocket audio server: the browser client over HTTP at ``/``, sessions at ``/ws``.
+
+Built on the ``websockets`` library. Models are loaded and warmed before the server listens;
+every connection gets its own :class:`~voicebot.session.Session`, all sharing the models
+through their worker threads, so a long inference never stalls another session's audio or the
+websocket pings. See ``docs/protocol.md`` for the wire protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import mimetypes
+import ssl
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..audio import StreamResampler
+from ..config import Settings
+from ..engines import Engines
+from ..errors import ConfigError, ProtocolError, VoicebotError
+from ..events import AudioOut, Event
+from ..protocol import (
+    InterruptMessage,
+    StartMessage,
+    StopMessage,
+    TextMessage,
+    encode_event,
+    error_frame,
+    parse_text_frame,
+    ready_frame,
+)
+from ..session import Session
+from ..store import Store
+
+__all__ = ["CLOSE_SERVER_FULL", "VoiceServer", "web_root"]
+
+_LOGGER = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+"""Wrong token, or a protocol violation that ends the session."""
+CLOSE_SERVER_FULL = 1013
+"""Too many sessions: try again later."""
+_START_TIMEOUT_S = 10.0
+
+
+def web_root() -> Path:
+    """The browser client's files: the checkout's ``clients/web`` or the packaged copy."""
+    checkout = Path(__file__).resolve().parents[2] / "clients" / "web"
+    if checkout.is_dir():
+        return checkout
+    return Path(__file__).resolve().parents[1] / "web"
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class _Stats:
+    sessions_total: int = 0
+    started_at: float = 0.0
+
+
+class VoiceServer:
+    """Serves voice sessions over websockets, and the browser client over HTTP."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        settings: Settings,
+        store: Store,
+        *,
+        web_dir: Path | None = None,
+    ) -> None:
+        """Create a server (call :meth:`start`).
+
+        Raises:
+            ConfigError: binding beyond loopback without a token, or half a TLS setup.
+        """
+        self.engines = engines
+        self.settings = settings
+        self.store = store
+        self.web_dir = (web_dir or web_root()).resolve()
+        """Root of the static files."""
+        server = settings.server
+        if not is_loopback(server.host) and not server.token:
+            raise ConfigError(
+                f"binding to {server.host} exposes the assistant to the network: set a token "
+                "(--token or VOICEBOT_SERVER_TOKEN)"
+            )
+        if bool(server.certfile) != bool(server.keyfile):
+            raise ConfigError("TLS needs both --certfile and --keyfile")
+        self.sessions: dict[ServerConnection, Session] = {}
+        """Live sessions by connection."""
+        self._server: Server | None = None
+        self._stats = _Stats()
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful with port 0)."""
+        assert self._server is not None, "server not started"
+        sockets = list(self._server.sockets)
+        return int(sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """Where a browser should go."""
+        scheme = "https" if self.settings.server.certfile else "http"
+        host = self.settings.server.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        if ":" in shown:
+            shown = f"[{shown}]"
+        return f"{scheme}://{shown}:{self.port}/"
+
+    async def start(self) -> None:
+        """Start listening."""
+        server = self.settings.server
+        context = None
+        if server.certfile:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_cert_chain(server.certfile, server.keyfile)
+            except (OSError, ssl.SSLError) as error:
+                raise ConfigError(f"cannot load the TLS certificate: {error}") from error
+        self._stats.started_at = time.time()
+        self._server = await serve(
+            self._handle,
+            server.host,
+            server.port,
+            process_request=self._process_request,
+            max_size=server.max_message_bytes,
+            compression=None,  # audio does not compress; deflate costs CPU and latency
+            ssl=context,
+            ping_interval=20,
+            ping_timeout=20,
+        )
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled."""
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Close every session (saving what was heard) and stop listening."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)
+        for connection in list(self.sessions):
+            with contextlib.suppress(Exception):
+                await connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        await self._server.wait_closed()
+
+    # -------------------------------------------------------------------------- HTTP
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/ws":
+            return self._check_origin(connection, request)
+        if path == "/healthz":
+            body = {
+                "status": "ok",
+                "sessions": len(self.sessions),
+                "max_sessions": self.settings.server.max_sessions,
+                "sessions_total": self._stats.sessions_total,
+                "uptime_s": round(time.time() - self._stats.started_at, 1),
+            }
+            return _response(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
+        if path == "/config.json":
+            profiles = [
+                {"name": p.name, "display_name": p.display_name}
+                for p in self.settings.profiles.values()
+            ]
+            body = {
+                "protocol": 1,
+                "profiles": profiles,
+                "default_profile": self.settings.profile,
+                "token_required": bool(self.settings.server.token),
+            }
+            return _response(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
+        return self._static(path)
+
+    def _check_origin(self, connection: ServerConnection, request: Request) -> Response | None:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None  # not a browser: programs are checked by token
+        allowed = self.settings.server.allowed_origins
+        if "*" in allowed or origin in allowed:
+            return None
+        host = request.headers.get("Host", "")
+        if urlsplit(origin).netloc == host:
+            return None  # same origin: the page this server served
+        _LOGGER.warning("refused websocket from origin %s", origin)
+        return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n", "text/plain")
+
+    def _static(self, path: str) -> Response:
+        if path in ("", "/"):
+            path = "/index.html"
+        target = (self.web_dir / path.lstrip("/")).resolve()
+        if not target.is_relative_to(self.web_dir) or not target.is_file():
+            return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if target.suffix == ".js":
+            kind = "text/javascript"
+        return _response(HTTPStatus.OK, target.read_bytes(), kind)
+
+    # -------------------------------------------------------------------------- sessions
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            await self._serve_connection(connection)
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _serve_connection(self, connection: ServerConnection) -> None:
+        server = self.settings.server
+        if len(self.sessions) >= server.max_sessions:
+            await connection.close(CLOSE_SERVER_FULL, "server full, try again later")
+            return
+        start = await self._await_start(connection)
+        if start is None:
+            return
+        send = _Sender(connection, start.output_sample_rate_hz)
+        try:
+            session = Session(
+                self.engines,
+                self.settings,
+                sink=send,
+                store=self.store,
+                profile=start.profile,
+                conversation_id=start.conversation_id,
+                input_sample_rate_hz=start.sample_rate_hz,
+                barge_in=start.barge_in,
+            )
+            send.source_rate = session.output_sample_rate_hz
+            self.sessions[connection] = session
+            self._stats.sessions_total += 1
+            await session.start()  # the greeting, if any, comes after "ready"
+        except VoicebotError as error:
+            self.sessions.pop(connection, None)
+            await _send_quietly(connection, error_frame(error.code, str(error)))
+            await connection.close(CLOSE_POLICY, error.code)
+            return
+        try:
+            history = [{"role": t.role, "text": t.text} for t in session.dialogue.turns]
+            await connection.send(
+                ready_frame(
+                    conversation_id=session.conversation_id,
+                    sample_rate_hz=send.output_rate,
+                    profile=session.profile.name,
+                    display_name=session.profile.display_name,
+                    profiles=sorted(self.settings.profiles),
+                    history=history[-50:],
+                )
+            )
+            if start.greet:
+                await session.greet()
+            await self._receive(connection, session)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.sessions.pop(connection, None)
+            await session.close()
+
+    async def _await_start(self, connection: ServerConnection) -> StartMessage | None:
+        try:
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                while True:
+                    frame = await connection.recv()
+                    if isinstance(frame, bytes):
+                        await _send_quietly(
+                            connection,
+                            error_frame("not_started", "send a start message before audio"),
+                        )
+                        continue
+                    try:
+                        message = parse_text_frame(frame)
+                    except ProtocolError as error:
+                        await _send_quietly(connection, error_frame(error.code, str(error)))
+                        continue
+                    if not isinstance(message, StartMessage):
+                        await _send_quietly(
+                            connection,
+                            error_frame("not_started", "the first message must be 'start'"),
+                        )
+                        if isinstance(message, StopMessage):
+                            await connection.close(CLOSE_NORMAL, "stopped")
+                            return None
+                        continue
+                    token = self.settings.server.token
+                    if token and not hmac.compare_digest(message.token, token):
+                        await _send_quietly(
+                            connection, error_frame("unauthorized", "wrong or missing token")
+                        )
+                        await connection.close(CLOSE_POLICY, "unauthorized")
+                        return None
+                    return message
+        except TimeoutError:
+            await connection.close(CLOSE_POLICY, "no start message")
+        except ConnectionClosed:
+            pass
+        return None
+
+    async def _receive(self, connection: ServerConnection, session: Session) -> None:
+        idle_s = self.settings.server.idle_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    frame = await connection.recv()
+            except TimeoutError:
+                await connection.close(CLOSE_NORMAL, "idle timeout")
+                return
+            if isinstance(frame, bytes):
+                try:
+                    await session.feed(frame)
+                except VoicebotError as error:
+                    await connection.send(error_frame(error.code, str(error)))
+                continue
+            try:
+                message = parse_text_frame(frame)
+            except ProtocolError as error:
+                await connection.send(error_frame(error.code, str(error)))
+                continue
+            if isinstance(message, TextMessage):
+                await session.send_text(message.text)
+            elif isinstance(message, InterruptMessage):
+                await session.interrupt()
+            elif isinstance(message, StopMessage):
+                await session.end_of_input()
+                await connection.close(CLOSE_NORMAL, "stopped")
+                return
+            else:
+                await connection.send(error_frame("already_started", "the session has started"))
+
+
+class _Sender:
+    """A session sink writing frames to one connection (resampling audio if asked)."""
+
+    def __init__(self, connection: ServerConnection, output_rate: int | None) -> None:
+        self.connection = connection
+        self.requested_rate = output_rate
+        self.source_rate = 0
+        self._resampler: StreamResampler | None = None
+
+    @property
+    def output_rate(self) -> int:
+        return self.requested_rate or self.source_rate
+
+    async def __call__(self, event: Event) -> None:
+        if isinstance(event, AudioOut) and self.output_rate != event.sample_rate_hz:
+            if self._resampler is None or self._resampler.from_hz != event.sample_rate_hz:
+                self._resampler = StreamResampler(event.sample_rate_hz, self.output_rate)
+            frame: str | bytes | None = self._resampler.process(event.pcm)
+        else:
+            frame = encode_event(event)
+        if frame:
+            await _send_quietly(self.connection, frame)
+
+
+async def _send_quietly(connection: ServerConnection, frame: str | bytes) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        await connection.send(frame)
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    if content_type.startswith("text/") or content_type.endswith("json"):
+        content_type += "; charset=utf-8"
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
