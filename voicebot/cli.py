@@ -83,9 +83,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser, *, stt: bool, llm: bool, 
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values = {
-        k: v for k, v in vars(args).items() if ("." in k or k == "profile") and v is not None
-    }
+    values = {k: v for k, v in vars(args).items() if ("." in k or k == "profile") and v is not None}
     if args.command == "client":
         values.pop("profile", None)  # the server's profile, not a local setting
     return values
@@ -335,6 +333,11 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         from .audio import read_audio
 
         recording = read_audio(args.input, 16000)
+    else:
+        from .transports.mic import resolve_device
+
+        resolve_device(args.input_device, "input")  # fail before the models load
+        resolve_device(args.output_device, "output")
     print("[loading models...]", file=sys.stderr, flush=True)
     engines = load_engines(settings)
     engines.warm_up()
@@ -363,8 +366,12 @@ async def _chat_file(
         timeline = Timeline(engines.tts.sample_rate_hz, lambda: time.perf_counter() - started)
     view = ConsoleView(settings.get_profile().display_name, show_state=args.verbose > 0)
     session = Session(
-        engines, settings, sink=fan_out(timeline, view), store=store,
-        conversation_id=args.conversation, input_sample_rate_hz=16000,
+        engines,
+        settings,
+        sink=fan_out(timeline, view),
+        store=store,
+        conversation_id=args.conversation,
+        input_sample_rate_hz=16000,
         barge_in=True if args.barge_in is None else args.barge_in,
         realtime_playback=not args.fast,
     )
@@ -392,8 +399,12 @@ async def _chat_mic(args: argparse.Namespace, settings: Settings, store: Any, en
     speaker.open()
     view = ConsoleView(settings.get_profile().display_name)
     session = Session(
-        engines, settings, sink=fan_out(speaker, view), store=store,
-        conversation_id=args.conversation, input_sample_rate_hz=rate,
+        engines,
+        settings,
+        sink=fan_out(speaker, view),
+        store=store,
+        conversation_id=args.conversation,
+        input_sample_rate_hz=rate,
         barge_in=bool(args.barge_in),
     )
     try:
@@ -486,13 +497,21 @@ async def _client(args: argparse.Namespace) -> int:
         mic = MicrophoneSource(args.input_device)
         rate = mic.open()
     client = VoiceClient(
-        args.url, sample_rate_hz=rate, token=args.token or "", profile=args.profile,
-        conversation_id=args.conversation, barge_in=args.barge_in, greet=False,
+        args.url,
+        sample_rate_hz=rate,
+        token=args.token or "",
+        profile=args.profile,
+        conversation_id=args.conversation,
+        barge_in=args.barge_in,
+        greet=False,
     )
     ready = await client.connect()
     out_rate = int(ready["sample_rate"])
-    print(f"[connected: conversation {ready['conversation_id']}, profile {ready['profile']}]",
-          file=sys.stderr, flush=True)
+    print(
+        f"[connected: conversation {ready['conversation_id']}, profile {ready['profile']}]",
+        file=sys.stderr,
+        flush=True,
+    )
     started = time.perf_counter()
     timeline = Timeline(out_rate, lambda: time.perf_counter() - started)
     speaker = None
@@ -648,15 +667,26 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="talk with the microphone and speaker (or a recording)")
     chat.add_argument("--input-device", metavar="DEVICE", help="microphone name or index")
     chat.add_argument("--output-device", metavar="DEVICE", help="speaker name or index")
-    chat.add_argument("--barge-in", action=argparse.BooleanOptionalAction, default=None,
-                      help="let speech interrupt the reply (default: off with the microphone, "
-                      "where open speakers echo; on with --input)")
+    chat.add_argument(
+        "--barge-in",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let speech interrupt the reply (default: off with the microphone, "
+        "where open speakers echo; on with --input)",
+    )
     chat.add_argument("--input", metavar="IN.wav", help="file mode: answer a recording")
     chat.add_argument("--output", metavar="OUT.wav", help="file mode: the replies, time-aligned")
-    chat.add_argument("--fast", action="store_true",
-                      help="file mode: no real-time pacing (the input waits while it replies)")
-    chat.add_argument("--greet", action=argparse.BooleanOptionalAction, default=None,
-                      help="speak the profile's greeting first (default: on with the microphone)")
+    chat.add_argument(
+        "--fast",
+        action="store_true",
+        help="file mode: no real-time pacing (the input waits while it replies)",
+    )
+    chat.add_argument(
+        "--greet",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="speak the profile's greeting first (default: on with the microphone)",
+    )
     chat.add_argument("--conversation", metavar="ID", help="resume a stored conversation")
     _add_engine_flags(chat, stt=True, llm=True, tts=True)
     chat.set_defaults(func=_cmd_chat)
@@ -664,14 +694,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="the websocket server and browser client")
     serve.add_argument("--host", dest="server.host", metavar="ADDR", help="default 127.0.0.1")
     serve.add_argument("--port", dest="server.port", type=int, metavar="N", help="default 8765")
-    serve.add_argument("--token", dest="server.token", metavar="SECRET",
-                       help="shared secret clients must send (required beyond loopback)")
+    serve.add_argument(
+        "--token",
+        dest="server.token",
+        metavar="SECRET",
+        help="shared secret clients must send (required beyond loopback)",
+    )
     serve.add_argument("--max-sessions", dest="server.max_sessions", type=int, metavar="N")
     serve.add_argument("--idle-timeout", dest="server.idle_timeout_s", type=float, metavar="S")
-    serve.add_argument("--max-message-bytes", dest="server.max_message_bytes", type=int,
-                       metavar="N", help="largest websocket message (default 1 MiB)")
-    serve.add_argument("--allow-origin", dest="server.allowed_origins", action="append",
-                       metavar="ORIGIN", help="another browser origin allowed (repeatable)")
+    serve.add_argument(
+        "--max-message-bytes",
+        dest="server.max_message_bytes",
+        type=int,
+        metavar="N",
+        help="largest websocket message (default 1 MiB)",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        dest="server.allowed_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="another browser origin allowed (repeatable)",
+    )
     serve.add_argument("--certfile", dest="server.certfile", metavar="PEM")
     serve.add_argument("--keyfile", dest="server.keyfile", metavar="PEM")
     _add_engine_flags(serve, stt=True, llm=True, tts=True)

@@ -35,9 +35,32 @@ _NAME = rf"({_WORD}(?: {_WORD})?)"
 _PLACE = rf"({_WORD}(?:[ -]{_WORD})*)"
 _PHRASE = r"([^.,!?;]+)"
 _NOT_NAMES = {
-    "Not", "Fine", "Good", "Okay", "Ok", "Sorry", "Sure", "So", "Just", "Here", "Back",
-    "Done", "Ready", "Tired", "Happy", "Sad", "Hungry", "Going", "Very", "Really", "The",
-    "And", "But", "From", "In", "At",
+    "Not",
+    "Fine",
+    "Good",
+    "Okay",
+    "Ok",
+    "Sorry",
+    "Sure",
+    "So",
+    "Just",
+    "Here",
+    "Back",
+    "Done",
+    "Ready",
+    "Tired",
+    "Happy",
+    "Sad",
+    "Hungry",
+    "Going",
+    "Very",
+    "Really",
+    "The",
+    "And",
+    "But",
+    "From",
+    "In",
+    "At",
 }
 _FACT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("name", re.compile(r"\b(?i:my name(?:'s| is)) " + _NAME)),
@@ -47,12 +70,21 @@ _FACT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("home", re.compile(r"\b(?i:I(?:'m| am| come) from) " + _PLACE)),
     ("age", re.compile(r"\bI(?:'m| am) (\d{1,3})(?: years old)?\b")),
     ("job", re.compile(r"\bI work as an? " + _PHRASE, re.IGNORECASE)),
-    ("job", re.compile(r"\bI(?:'m| am) an? (teacher|doctor|nurse|engineer|student|developer|"
-                       r"programmer|writer|designer|lawyer|chef|farmer|artist|musician)\b",
-                       re.IGNORECASE)),
+    (
+        "job",
+        re.compile(
+            r"\bI(?:'m| am) an? (teacher|doctor|nurse|engineer|student|developer|"
+            r"programmer|writer|designer|lawyer|chef|farmer|artist|musician)\b",
+            re.IGNORECASE,
+        ),
+    ),
     ("likes", re.compile(r"\bI (?:really )?(?:like|love|enjoy|adore) " + _PHRASE, re.IGNORECASE)),
-    ("dislikes", re.compile(r"\bI (?:really )?(?:hate|dislike|don't like|do not like) " + _PHRASE,
-                            re.IGNORECASE)),
+    (
+        "dislikes",
+        re.compile(
+            r"\bI (?:really )?(?:hate|dislike|don't like|do not like) " + _PHRASE, re.IGNORECASE
+        ),
+    ),
 ]
 _FAVOURITE = re.compile(r"\bmy favou?rite ([a-z ]{2,20}?) is " + _PHRASE, re.IGNORECASE)
 _OWNED_NAME = re.compile(r"\b(?i:my) ([a-z]{2,12})(?i:'s name is| is called| is named) " + _NAME)

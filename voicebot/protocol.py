@@ -208,7 +208,12 @@ def encode_event(event: Event) -> str | bytes | None:
         return _frame({"type": "speech_stopped", "turn_id": event.turn_id})
     if isinstance(event, Transcript):
         return _frame(
-            {"type": "transcript", "turn_id": event.turn_id, "text": event.text, "final": event.final}
+            {
+                "type": "transcript",
+                "turn_id": event.turn_id,
+                "text": event.text,
+                "final": event.final,
+            }
         )
     if isinstance(event, ReplyText):
         return _frame({"type": "reply_text", "turn_id": event.turn_id, "text": event.text})

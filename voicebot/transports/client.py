@@ -74,7 +74,9 @@ class VoiceClient:
         """
         try:
             self._connection = await connect(
-                self.url, open_timeout=self._open_timeout_s, compression=None,
+                self.url,
+                open_timeout=self._open_timeout_s,
+                compression=None,
                 max_size=4 << 20,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as error:

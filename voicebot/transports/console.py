@@ -98,7 +98,7 @@ class ConsoleView:
 
 
 def latency_summary(metrics: list[dict[str, float]], key: str = "voice_to_voice") -> str:
-    """"p50 X ms, p95 Y ms, max Z ms over N turns" for one metric."""
+    """ "p50 X ms, p95 Y ms, max Z ms over N turns" for one metric."""
     values = sorted(m[key] for m in metrics if key in m)
     if not values:
         return f"no {key} measured"

@@ -110,7 +110,9 @@ async def feed_recording(
     await session.end_of_input()
 
 
-async def chunks(pcm: bytes, sample_rate_hz: int, chunk_ms: int = _CHUNK_MS) -> AsyncIterator[bytes]:
+async def chunks(
+    pcm: bytes, sample_rate_hz: int, chunk_ms: int = _CHUNK_MS
+) -> AsyncIterator[bytes]:
     """Yield a recording in chunks without pacing."""
     step = 2 * sample_rate_hz * chunk_ms // 1000
     for offset in range(0, len(pcm), step):

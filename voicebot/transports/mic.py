@@ -104,7 +104,8 @@ def resolve_device(spec: str | int | None, kind: str) -> DeviceInfo:
     """
     devices = list_devices()
     usable = [
-        d for d in devices
+        d
+        for d in devices
         if (d.max_input_channels if kind == "input" else d.max_output_channels) > 0
     ]
     if not usable:

@@ -1,0 +1,835 @@
+// voicebot browser client: microphone -> websocket (docs/protocol.md) -> reply audio.
+//
+// Plain ES module, no build step and nothing fetched from elsewhere: it must work offline.
+// The flow: a click creates the AudioContext (browsers only allow audio after a gesture),
+// opens the microphone into an AudioWorklet (capture-worklet.js) that emits PCM16 frames,
+// connects to /ws, sends `start`, waits for `ready`, then streams the frames. Reply audio is
+// played gaplessly by scheduling one AudioBufferSourceNode per chunk back to back on the
+// AudioContext clock; `interrupted` stops them all at once.
+
+const STORAGE = {
+  conversation: "voicebot.conversation_id",
+  profile: "voicebot.profile",
+  token: "voicebot.token",
+};
+const FRAME_MS = 20; // length of the audio frames sent
+const MIN_RATE_HZ = 8000; // the server accepts 8000-48000 Hz input
+const MAX_RATE_HZ = 48000;
+const FALLBACK_RATE_HZ = 16000; // sent when the AudioContext's rate is outside that range
+const PRE_READY_MAX_S = 3; // audio kept while the session opens, sent after `ready`
+const MAX_BUFFERED_BYTES = 1 << 20; // a stalled socket drops audio rather than queueing it
+const BACKOFF_S = [0.5, 1, 2, 4, 8, 15]; // reconnect delays (with jitter)
+const PLAY_LEAD_S = 0.05; // margin when playback restarts after a gap
+const STAGES = [
+  ["voice_to_voice", "voice to voice"],
+  ["end_of_turn", "end of turn detected"],
+  ["stt", "speech to text"],
+  ["llm_first_token", "first token"],
+  ["first_piece", "first sentence"],
+  ["first_audio", "first audio"],
+  ["llm_done", "reply written"],
+];
+
+/*
+ * Test hook, read by tests/test_browser.py (cheap, always on):
+ *   events        the server's JSON events as received (the last 500)
+ *   sent          the JSON messages sent (start, text, interrupt, stop), token redacted
+ *   audioBytes    reply audio bytes received
+ *   playedChunks  reply audio chunks scheduled for playback
+ */
+const testHook = { events: [], sent: [], audioBytes: 0, playedChunks: 0 };
+window.voicebotTest = testHook;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  start: $("start"),
+  interrupt: $("interrupt"),
+  hangup: $("hangup"),
+  newConversation: $("new-conversation"),
+  profile: $("profile"),
+  tokenRow: $("token-row"),
+  token: $("token"),
+  notice: $("notice"),
+  status: $("status"),
+  statusText: $("status-text"),
+  botName: $("bot-name"),
+  log: $("log"),
+  empty: $("empty"),
+  composer: $("composer"),
+  text: $("text"),
+  conversationLabel: $("conversation-label"),
+  latencyLabel: $("latency-label"),
+};
+
+const app = {
+  config: null, // GET /config.json
+  wanted: false, // the user started a session and has not hung up
+  fatal: "", // why reconnecting is pointless (a wrong token), shown to the user
+  ws: null,
+  ready: null, // the `ready` message of the open session
+  sessionSeq: 0, // turn ids restart with each session: bubbles are keyed by both
+  attempt: 0, // reconnect attempts since the last `ready`
+  retryTimer: 0,
+  freshConversation: false, // the stored conversation is gone: start a new one
+  pendingText: [], // typed before the session was ready
+  serverState: "",
+  hearing: false,
+  ctx: null,
+  sendRate: FALLBACK_RATE_HZ,
+  mic: null, // {stream, source, node}
+  workletLoaded: false,
+  preReady: [],
+  preReadyBytes: 0,
+  level: 0,
+  levelFrame: 0,
+  play: { sources: new Set(), next: 0 },
+  shownConversation: null, // the conversation whose turns the log shows
+  bubbles: new Map(), // "session:turn:role" -> <li>
+  cut: new Set(), // keys of interrupted bot bubbles
+};
+
+// ------------------------------------------------------------------------------ status
+
+function setStatus(state, text) {
+  ui.status.dataset.state = state;
+  ui.statusText.textContent = text;
+}
+
+function renderStatus() {
+  if (!app.ready) return; // the connection code owns the status until `ready`
+  if (app.hearing && app.serverState === "listening") {
+    setStatus("hearing", "Hearing you…");
+  } else if (app.serverState === "thinking") {
+    setStatus("thinking", "Thinking…");
+  } else if (app.serverState === "speaking") {
+    setStatus("speaking", "Speaking");
+  } else if (app.mic) {
+    setStatus("listening", "Listening");
+  } else {
+    setStatus("listening", "Connected: type a message (microphone off)");
+  }
+  updateButtons();
+}
+
+function updateButtons() {
+  ui.start.disabled = app.wanted && app.mic !== null;
+  ui.start.textContent = app.wanted && app.mic ? "Microphone on" : "Start talking";
+  ui.hangup.disabled = !app.wanted;
+  ui.interrupt.disabled =
+    !app.ready ||
+    (app.serverState !== "thinking" &&
+      app.serverState !== "speaking" &&
+      app.play.sources.size === 0);
+}
+
+function showNotice(text, kind = "error") {
+  ui.notice.textContent = text;
+  ui.notice.dataset.kind = kind;
+  ui.notice.hidden = false;
+}
+
+function clearNotice() {
+  ui.notice.hidden = true;
+  ui.notice.textContent = "";
+}
+
+// ------------------------------------------------------------------------------ bubbles
+
+function bubbleKey(turnId, role) {
+  return `${app.sessionSeq}:${turnId}:${role}`;
+}
+
+function scrollToEnd() {
+  const last = ui.log.lastElementChild;
+  if (last) last.scrollIntoView({ block: "end", behavior: "auto" });
+}
+
+function addBubble(role, text, { key = "", history = false } = {}) {
+  ui.empty.hidden = true;
+  const item = document.createElement("li");
+  item.className = `msg ${role}${history ? " history" : ""}`;
+  const who = document.createElement("span");
+  who.className = "visually-hidden";
+  const name = app.ready ? app.ready.display_name : "Assistant";
+  who.textContent = role === "user" ? "You: " : role === "bot" ? `${name}: ` : "";
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  bubble.append(who, body);
+  item.append(bubble);
+  ui.log.append(item);
+  if (key) app.bubbles.set(key, item);
+  scrollToEnd();
+  return item;
+}
+
+function addSystemLine(text, kind = "info") {
+  const item = addBubble("system", text);
+  item.dataset.kind = kind;
+  return item;
+}
+
+function clearLog() {
+  ui.log.replaceChildren();
+  app.bubbles.clear();
+  app.cut.clear();
+  ui.empty.hidden = false;
+  ui.latencyLabel.textContent = "";
+}
+
+function showHistory(history) {
+  for (const turn of history || []) {
+    if (!turn || !turn.text) continue;
+    addBubble(turn.role === "user" ? "user" : "bot", turn.text, { history: true });
+  }
+}
+
+function botBubble(turnId) {
+  const key = bubbleKey(turnId, "bot");
+  return app.bubbles.get(key) || addBubble("bot", "", { key });
+}
+
+function appendReplyPiece(turnId, text) {
+  if (app.cut.has(bubbleKey(turnId, "bot"))) return; // late piece of a cut reply
+  const item = botBubble(turnId);
+  const body = item.querySelector(".text");
+  const piece = document.createElement("span");
+  piece.className = "piece";
+  piece.textContent = (body.textContent ? " " : "") + text;
+  body.append(piece);
+  scrollToEnd();
+}
+
+function normalise(text) {
+  return (text || "").replace(/\s+/g, " ").trim();
+}
+
+function markInterrupted(turnId, heardText) {
+  const key = bubbleKey(turnId, "bot");
+  const item = app.bubbles.get(key);
+  if (!item || item.classList.contains("cut")) {
+    app.cut.add(key);
+    return;
+  }
+  const body = item.querySelector(".text");
+  const full = normalise(body.textContent);
+  const heard = normalise(heardText);
+  // A Stop pressed just after the reply ended: all of it was heard, nothing was cut.
+  if (item.classList.contains("done") && heard === full) return;
+  app.cut.add(key);
+  item.classList.add("cut");
+  body.replaceChildren();
+  if (heard) {
+    const said = document.createElement("span");
+    said.className = "heard";
+    said.textContent = heard;
+    body.append(said);
+  }
+  // Grey out what was written but never played; if the texts disagree, keep only the heard.
+  const rest = !heard ? full : full.startsWith(heard) ? full.slice(heard.length).trim() : "";
+  if (rest) {
+    const unheard = document.createElement("del");
+    unheard.className = "unheard";
+    unheard.title = "Not played: the reply was interrupted";
+    unheard.textContent = (heard ? " " : "") + rest;
+    body.append(unheard);
+  }
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  badge.textContent = "interrupted";
+  item.querySelector(".bubble").append(badge);
+}
+
+function formatMs(ms) {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+function showMetrics(turnId, ms) {
+  if (!ms || typeof ms !== "object") return;
+  const item =
+    app.bubbles.get(bubbleKey(turnId, "bot")) || app.bubbles.get(bubbleKey(turnId, "user"));
+  if (!item) return;
+  item.querySelector(".latency")?.remove();
+  const main = typeof ms.voice_to_voice === "number" ? ms.voice_to_voice : ms.first_piece;
+  const details = document.createElement("details");
+  details.className = "latency";
+  const summary = document.createElement("summary");
+  summary.textContent =
+    typeof main === "number" ? `${formatMs(main)} to first audio` : "latency details";
+  const list = document.createElement("dl");
+  const lines = [];
+  for (const [stage, label] of STAGES) {
+    if (typeof ms[stage] !== "number") continue;
+    const term = document.createElement("dt");
+    term.textContent = label;
+    const value = document.createElement("dd");
+    value.textContent = formatMs(ms[stage]);
+    list.append(term, value);
+    lines.push(`${label}: ${formatMs(ms[stage])}`);
+  }
+  summary.title = lines.join("\n");
+  details.append(summary, list);
+  item.append(details);
+  if (typeof main === "number") ui.latencyLabel.textContent = `Last reply: ${formatMs(main)}`;
+  scrollToEnd();
+}
+
+// ------------------------------------------------------------------------------ playback
+
+function playChunk(buffer) {
+  const ctx = app.ctx;
+  const count = buffer.byteLength >> 1;
+  if (!ctx || !app.ready || count === 0) return;
+  const audio = ctx.createBuffer(1, count, app.ready.sample_rate);
+  const channel = audio.getChannelData(0);
+  const view = new DataView(buffer);
+  for (let i = 0; i < count; i++) channel[i] = view.getInt16(2 * i, true) / 32768;
+  const source = ctx.createBufferSource();
+  source.buffer = audio;
+  source.connect(ctx.destination);
+  // Back to back on the context's clock: each chunk starts exactly where the last one ends.
+  if (app.play.next < ctx.currentTime + 0.01) app.play.next = ctx.currentTime + PLAY_LEAD_S;
+  source.start(app.play.next);
+  app.play.next += audio.duration;
+  app.play.sources.add(source);
+  source.onended = () => {
+    app.play.sources.delete(source);
+    if (app.play.sources.size === 0) updateButtons();
+  };
+  testHook.playedChunks += 1;
+  updateButtons();
+}
+
+function stopPlayback() {
+  for (const source of app.play.sources) {
+    source.onended = null;
+    try {
+      source.stop();
+      source.disconnect();
+    } catch {
+      // already stopped
+    }
+  }
+  app.play.sources.clear();
+  app.play.next = 0;
+  updateButtons();
+}
+
+// ------------------------------------------------------------------------------ microphone
+
+function micErrorMessage(error) {
+  switch (error && error.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return (
+        "Microphone access is blocked or was denied. Allow the microphone for this site " +
+        "(the icon in the address bar), then press Start talking again. You can still type."
+      );
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return "No microphone was found. Plug one in, then press Start talking again.";
+    case "NotReadableError":
+    case "AbortError":
+      return "The microphone could not be opened: another application may be using it.";
+    default:
+      return `The microphone could not be started (${error && error.message}).`;
+  }
+}
+
+function ensureAudioContext() {
+  if (app.ctx) return app.ctx;
+  const Context = window.AudioContext || window.webkitAudioContext;
+  if (!Context) {
+    showNotice("This browser has no Web Audio support: voicebot cannot play or record audio.");
+    return null;
+  }
+  app.ctx = new Context({ latencyHint: "interactive" });
+  const rate = Math.round(app.ctx.sampleRate);
+  app.sendRate = rate >= MIN_RATE_HZ && rate <= MAX_RATE_HZ ? rate : FALLBACK_RATE_HZ;
+  return app.ctx;
+}
+
+async function startMic() {
+  if (app.mic) return true;
+  if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
+    showNotice(
+      "The microphone only works on a secure page. Open this page as http://localhost:" +
+        `${location.port || 80}/ on the machine running voicebot, or serve it over HTTPS ` +
+        "(voicebot serve --certfile … --keyfile …). You can still type messages."
+    );
+    return false;
+  }
+  try {
+    // Loaded before the microphone opens, so no audio is lost while the module loads.
+    if (!app.workletLoaded) {
+      await app.ctx.audioWorklet.addModule(new URL("capture-worklet.js", import.meta.url));
+      app.workletLoaded = true;
+    }
+  } catch (error) {
+    showNotice(`Audio capture is not available in this browser (${error.message}).`);
+    return false;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: {
+        echoCancellation: true,
+        noiseSuppression: true,
+        autoGainControl: true,
+        channelCount: 1,
+      },
+      video: false,
+    });
+  } catch (error) {
+    showNotice(micErrorMessage(error));
+    return false;
+  }
+  if (!app.wanted) {
+    // Hung up while the permission prompt was open.
+    for (const track of stream.getTracks()) track.stop();
+    return false;
+  }
+  try {
+    const node = new AudioWorkletNode(app.ctx, "voicebot-capture", {
+      numberOfInputs: 1,
+      numberOfOutputs: 1,
+      outputChannelCount: [1],
+      channelCount: 1,
+      channelCountMode: "explicit",
+      channelInterpretation: "speakers",
+      processorOptions: { targetRate: app.sendRate, frameMs: FRAME_MS },
+    });
+    node.port.onmessage = (event) => onCaptured(event.data);
+    const source = app.ctx.createMediaStreamSource(stream);
+    source.connect(node);
+    node.connect(app.ctx.destination); // keeps the node running; it outputs silence
+    app.mic = { stream, source, node };
+    for (const track of stream.getAudioTracks()) {
+      track.addEventListener("ended", () => {
+        stopMic();
+        showNotice("The microphone stopped (unplugged?). Press Start talking to try again.");
+        renderStatus();
+      });
+    }
+    return true;
+  } catch (error) {
+    for (const track of stream.getTracks()) track.stop();
+    showNotice(`Audio capture could not start (${error.message}).`);
+    return false;
+  }
+}
+
+function stopMic() {
+  const mic = app.mic;
+  app.mic = null;
+  if (!mic) return;
+  mic.node.port.onmessage = null;
+  mic.source.disconnect();
+  mic.node.disconnect();
+  for (const track of mic.stream.getTracks()) track.stop();
+  ui.status.style.setProperty("--level", "0");
+  updateButtons();
+}
+
+function onCaptured({ pcm, peak }) {
+  const ws = app.ws;
+  app.level = Math.max(app.level * 0.8, peak);
+  if (!app.levelFrame) {
+    app.levelFrame = requestAnimationFrame(() => {
+      app.levelFrame = 0;
+      ui.status.style.setProperty("--level", Math.min(1, app.level * 3).toFixed(2));
+    });
+  }
+  if (!ws) return; // waiting to reconnect: this audio is dropped
+  if (app.ready && ws.readyState === WebSocket.OPEN) {
+    if (ws.bufferedAmount < MAX_BUFFERED_BYTES) ws.send(pcm);
+    return;
+  }
+  // The session is opening: keep the latest few seconds so the first words are not lost.
+  app.preReady.push(pcm);
+  app.preReadyBytes += pcm.byteLength;
+  while (app.preReadyBytes > PRE_READY_MAX_S * app.sendRate * 2) {
+    app.preReadyBytes -= app.preReady.shift().byteLength;
+  }
+}
+
+// ------------------------------------------------------------------------------ connection
+
+function wsUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws`;
+}
+
+function send(message) {
+  const ws = app.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+  ws.send(JSON.stringify(message));
+  testHook.sent.push(message.token ? { ...message, token: "***" } : message);
+  return true;
+}
+
+function startMessage() {
+  const message = { type: "start", sample_rate: app.sendRate, barge_in: true };
+  const conversation = app.freshConversation ? null : localStorage.getItem(STORAGE.conversation);
+  if (conversation) message.conversation_id = conversation;
+  else message.greet = true;
+  if (ui.profile.value) message.profile = ui.profile.value;
+  const token = ui.token.value.trim();
+  if (token) message.token = token;
+  return message;
+}
+
+function connect() {
+  clearTimeout(app.retryTimer);
+  app.retryTimer = 0;
+  if (!app.wanted || app.ws) return;
+  if (!app.attempt) setStatus("connecting", "Connecting…");
+  let ws;
+  try {
+    ws = new WebSocket(wsUrl());
+  } catch (error) {
+    showNotice(`Cannot open a connection to the server (${error.message}).`);
+    return;
+  }
+  ws.binaryType = "arraybuffer";
+  app.ws = ws;
+  app.ready = null;
+  app.serverState = "";
+  app.hearing = false;
+  app.preReady = [];
+  app.preReadyBytes = 0;
+  ws.onopen = () => {
+    if (ws === app.ws) send(startMessage());
+  };
+  ws.onmessage = (event) => {
+    if (ws !== app.ws) return;
+    if (typeof event.data === "string") {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return; // not for us
+      }
+      onEvent(message);
+    } else {
+      testHook.audioBytes += event.data.byteLength;
+      playChunk(event.data);
+    }
+  };
+  ws.onerror = () => {}; // the close event that follows says what happened
+  ws.onclose = (event) => onClose(ws, event);
+}
+
+function reconnectReason(event, wasReady) {
+  if (event.code === 1013) return "Server is busy";
+  if (event.code === 1001) return "Server is restarting";
+  return wasReady ? "Connection lost" : "Server unavailable";
+}
+
+function onClose(ws, event) {
+  if (ws !== app.ws) return; // a socket we replaced on purpose
+  const wasReady = app.ready !== null;
+  app.ws = null;
+  app.ready = null;
+  app.serverState = "";
+  app.hearing = false;
+  app.preReady = [];
+  app.preReadyBytes = 0;
+  if (!app.wanted) {
+    setStatus("offline", "Not connected");
+    updateButtons();
+    return;
+  }
+  if (app.fatal) {
+    hangUp();
+    setStatus("error", app.fatal);
+    return;
+  }
+  if (event.code === 1000 && event.reason === "idle timeout") {
+    hangUp();
+    setStatus("offline", "Session ended after a long silence: press Start talking to resume");
+    return;
+  }
+  const delay = BACKOFF_S[Math.min(app.attempt, BACKOFF_S.length - 1)];
+  const seconds = delay * (0.8 + 0.4 * Math.random());
+  app.attempt += 1;
+  const reason = reconnectReason(event, wasReady);
+  setStatus("reconnecting", `${reason}: reconnecting in ${Math.max(1, Math.round(seconds))} s…`);
+  updateButtons();
+  app.retryTimer = setTimeout(() => {
+    app.retryTimer = 0;
+    setStatus("reconnecting", `${reason}: reconnecting…`);
+    connect();
+  }, seconds * 1000);
+}
+
+function reconnectSoon() {
+  // Replace the session now (a new conversation, another profile).
+  const old = app.ws;
+  app.ws = null;
+  app.ready = null;
+  stopPlayback();
+  if (old) old.close(1000, "new session");
+  app.attempt = 0;
+  if (app.wanted) connect();
+}
+
+function hangUp() {
+  app.wanted = false;
+  clearTimeout(app.retryTimer);
+  app.retryTimer = 0;
+  app.pendingText = [];
+  stopMic();
+  stopPlayback();
+  // A plain close, not `stop`: the server saves what was heard of a reply and ends at once.
+  const ws = app.ws;
+  app.ws = null;
+  if (ws) ws.close(1000, "hang up");
+  app.ready = null;
+  app.serverState = "";
+  setStatus("offline", "Not connected");
+  updateButtons();
+}
+
+// ------------------------------------------------------------------------------ events
+
+function onEvent(message) {
+  testHook.events.push(message);
+  if (testHook.events.length > 500) testHook.events.shift();
+  switch (message.type) {
+    case "ready":
+      onReady(message);
+      break;
+    case "state":
+      app.serverState = message.state;
+      if (message.state !== "listening") app.hearing = false;
+      renderStatus();
+      break;
+    case "speech_started":
+      app.hearing = true;
+      renderStatus();
+      break;
+    case "speech_stopped":
+      app.hearing = false;
+      renderStatus();
+      break;
+    case "transcript":
+      if (normalise(message.text)) {
+        addBubble("user", message.text, { key: bubbleKey(message.turn_id, "user") });
+      } else {
+        addSystemLine("Sorry, I didn't catch that.");
+      }
+      break;
+    case "reply_text":
+      appendReplyPiece(message.turn_id, message.text);
+      break;
+    case "reply_done": {
+      // Normally every piece came as reply_text; the full text fills a bubble that missed them.
+      const item = app.bubbles.get(bubbleKey(message.turn_id, "bot"));
+      if (item) item.classList.add("done");
+      else if (normalise(message.text)) {
+        botBubble(message.turn_id).classList.add("done");
+        appendReplyPiece(message.turn_id, message.text);
+      }
+      break;
+    }
+    case "interrupted":
+      stopPlayback();
+      markInterrupted(message.turn_id, message.heard_text);
+      break;
+    case "metrics":
+      showMetrics(message.turn_id, message.ms);
+      break;
+    case "error":
+      onServerError(message);
+      break;
+    case "wake":
+      addSystemLine(`Wake word: ${message.name}`);
+      break;
+    default:
+      break; // a newer server's event: ignore it
+  }
+}
+
+function onReady(message) {
+  app.ready = message;
+  app.attempt = 0;
+  app.sessionSeq += 1;
+  app.freshConversation = false;
+  app.play.next = 0;
+  clearNoticeIfConnection();
+  const conversation = message.conversation_id;
+  localStorage.setItem(STORAGE.conversation, conversation);
+  if (app.shownConversation !== conversation) {
+    clearLog();
+    showHistory(message.history);
+    app.shownConversation = conversation;
+  }
+  ui.conversationLabel.textContent = `Conversation ${conversation}`;
+  ui.conversationLabel.dataset.conversationId = conversation;
+  ui.botName.textContent = message.display_name ? `· ${message.display_name}` : "";
+  if (!ui.profile.options.length && Array.isArray(message.profiles)) {
+    fillProfiles(
+      message.profiles.map((name) => ({ name, display_name: name })),
+      message.profile
+    );
+  }
+  for (const pcm of app.preReady) app.ws.send(pcm);
+  app.preReady = [];
+  app.preReadyBytes = 0;
+  for (const text of app.pendingText.splice(0)) send({ type: "text", text });
+  renderStatus();
+}
+
+function clearNoticeIfConnection() {
+  if (ui.notice.dataset.kind === "connection") clearNotice();
+}
+
+function onServerError(message) {
+  const code = message.code || "error";
+  if (code === "unauthorized") {
+    ui.tokenRow.hidden = false;
+    app.fatal = "The server needs a token";
+    showNotice("This server needs a token: enter it in the Token field, then press Start talking.");
+    ui.token.focus();
+    return;
+  }
+  if (code === "store" && !app.ready) {
+    // The remembered conversation no longer exists on this server: start a new one.
+    localStorage.removeItem(STORAGE.conversation);
+    app.freshConversation = true;
+    app.attempt = 0;
+    addSystemLine("The previous conversation was not found on the server: starting a new one.");
+    return;
+  }
+  if (code === "config" && !app.ready) {
+    localStorage.removeItem(STORAGE.profile);
+    const fallback = app.config?.default_profile;
+    if (fallback && ui.profile.value !== fallback) {
+      ui.profile.value = fallback;
+      addSystemLine(`Unknown profile: using ${fallback} instead.`, "error");
+      return;
+    }
+    app.fatal = `Server configuration error: ${message.message}`;
+  }
+  addSystemLine(`Error (${code}): ${message.message}`, "error");
+}
+
+// ------------------------------------------------------------------------------ config
+
+function fillProfiles(profiles, selected) {
+  ui.profile.replaceChildren();
+  for (const profile of profiles) {
+    const option = document.createElement("option");
+    option.value = profile.name;
+    option.textContent =
+      profile.display_name && profile.display_name !== profile.name
+        ? `${profile.display_name} (${profile.name})`
+        : profile.name;
+    ui.profile.append(option);
+  }
+  if (profiles.some((p) => p.name === selected)) ui.profile.value = selected;
+}
+
+async function loadConfig() {
+  try {
+    const response = await fetch("config.json", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    app.config = await response.json();
+  } catch {
+    setStatus("offline", "Server unavailable");
+    showNotice(
+      "Cannot reach the voicebot server. Is `voicebot serve` running? " +
+        "Press Start talking to try again.",
+      "connection"
+    );
+    return;
+  }
+  const saved = localStorage.getItem(STORAGE.profile);
+  const profiles = Array.isArray(app.config.profiles) ? app.config.profiles : [];
+  const known = profiles.some((p) => p.name === saved);
+  fillProfiles(profiles, known ? saved : app.config.default_profile);
+  ui.tokenRow.hidden = !app.config.token_required;
+}
+
+// ------------------------------------------------------------------------------ actions
+
+async function startSession({ mic }) {
+  // Runs in the click handler: the AudioContext must be created and resumed here.
+  if (!ensureAudioContext()) return;
+  const resumed = app.ctx.resume();
+  if (ui.notice.dataset.kind !== "connection") clearNotice();
+  app.fatal = "";
+  const connecting = !app.wanted;
+  app.wanted = true;
+  updateButtons();
+  if (!app.config) loadConfig(); // it failed at page load; try again, without waiting
+  if (connecting) {
+    app.attempt = 0;
+    connect(); // while the microphone opens; its first audio waits for `ready`
+  }
+  if (mic) await startMic();
+  await resumed.catch(() => {});
+  renderStatus();
+}
+
+ui.start.addEventListener("click", () => startSession({ mic: true }));
+
+ui.hangup.addEventListener("click", () => hangUp());
+
+ui.interrupt.addEventListener("click", () => {
+  stopPlayback();
+  send({ type: "interrupt" });
+});
+
+ui.newConversation.addEventListener("click", () => {
+  localStorage.removeItem(STORAGE.conversation);
+  app.shownConversation = null;
+  app.freshConversation = true;
+  clearLog();
+  ui.conversationLabel.textContent = "";
+  if (app.wanted) reconnectSoon();
+});
+
+ui.profile.addEventListener("change", () => {
+  localStorage.setItem(STORAGE.profile, ui.profile.value);
+  // A conversation keeps its persona: another profile starts a new conversation.
+  if (app.shownConversation) ui.newConversation.click();
+});
+
+ui.token.addEventListener("change", () => {
+  const token = ui.token.value.trim();
+  if (token) localStorage.setItem(STORAGE.token, token);
+  else localStorage.removeItem(STORAGE.token);
+});
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text) return;
+  ui.text.value = "";
+  if (app.ready) {
+    send({ type: "text", text });
+    return;
+  }
+  app.pendingText.push(text);
+  if (!app.wanted) startSession({ mic: false });
+});
+
+window.addEventListener("online", () => {
+  if (app.wanted && !app.ws) {
+    app.attempt = 0;
+    connect();
+  }
+});
+
+window.addEventListener("pagehide", () => {
+  // Close cleanly so the server saves what was heard of a reply in progress.
+  if (app.ws) app.ws.close(1000, "page closed");
+});
+
+ui.token.value = localStorage.getItem(STORAGE.token) || "";
+updateButtons();
+loadConfig();

@@ -1,0 +1,416 @@
+"""The websocket server on fake engines: the protocol contract and every bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from voicebot.audio import silence
+from voicebot.config import Settings
+from voicebot.engines import Engines
+from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, tone
+from voicebot.errors import ConfigError
+from voicebot.store import Store
+from voicebot.transports.websocket import VoiceServer
+
+RATE = 16000
+
+
+def engines(llm: FakeChat | None = None, stt: FakeStt | None = None) -> Engines:
+    return Engines(
+        stt=stt or FakeStt(lambda pcm: "hello there"),
+        llm=llm or FakeChat(lambda messages: f"You said {messages[-1]['content']}."),
+        tts=FakeTts(sample_rate_hz=22050),
+        vad_factory=FakeVad,
+    )
+
+
+class Running:
+    def __init__(self, server: VoiceServer) -> None:
+        self.server = server
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/ws"
+
+    async def client(self, **start: Any) -> tuple[ClientConnection, dict[str, Any]]:
+        ws = await connect(self.ws_url, open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE, **start}))
+        ready = await next_event(ws, "ready")
+        return ws, ready
+
+
+async def next_event(ws: ClientConnection, kind: str, timeout: float = 10) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await ws.recv()
+            if isinstance(frame, str):
+                event = json.loads(frame)
+                if event["type"] == kind:
+                    return event
+
+
+async def collect_until(ws: ClientConnection, kind: str, timeout: float = 10) -> list[Any]:
+    frames: list[Any] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await ws.recv()
+            frames.append(frame if isinstance(frame, bytes) else json.loads(frame))
+            if isinstance(frames[-1], dict) and frames[-1]["type"] == kind:
+                return frames
+
+
+async def send_speech(ws: ClientConnection, pcm: bytes, chunk_s: float = 0.02) -> None:
+    step = 2 * round(chunk_s * RATE)
+    for offset in range(0, len(pcm), step):
+        await ws.send(pcm[offset : offset + step])
+        await asyncio.sleep(chunk_s / 4)
+
+
+@pytest.fixture
+async def running(settings: Settings, tmp_path: Path) -> AsyncIterator[Running]:
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<!doctype html><title>voicebot</title>")
+    settings = replace(settings, server=replace(settings.server, port=0, max_sessions=3))
+    store = Store(settings.database_path())
+    server = VoiceServer(engines(), settings, store, web_dir=web)
+    await server.start()
+    yield Running(server)
+    await asyncio.wait_for(server.close(), 10)
+    store.close()
+
+
+async def make_server(settings: Settings, **server_settings: Any) -> VoiceServer:
+    settings = replace(settings, server=replace(settings.server, port=0, **server_settings))
+    server = VoiceServer(engines(), settings, Store(settings.database_path()))
+    await server.start()
+    return server
+
+
+async def test_a_spoken_turn_produces_events_in_order(running: Running) -> None:
+    ws, ready = await running.client()
+    assert ready["protocol"] == 1 and ready["sample_rate"] == 22050 and ready["conversation_id"]
+    await send_speech(ws, tone(0.8) + silence(1.0, RATE))
+    frames = await collect_until(ws, "metrics")
+    kinds = [f["type"] if isinstance(f, dict) else "audio" for f in frames]
+    kinds = [k for k in kinds if k != "state"]
+    assert kinds[:4] == ["speech_started", "speech_stopped", "transcript", "reply_text"]
+    assert kinds.index("audio") > kinds.index("reply_text")
+    assert kinds[-2:] == ["reply_done", "metrics"]
+    transcript = next(f for f in frames if isinstance(f, dict) and f["type"] == "transcript")
+    assert transcript == {"type": "transcript", "turn_id": 1, "text": "hello there", "final": True}
+    metrics = frames[-1]["ms"]
+    assert {"end_of_turn", "stt", "first_audio", "voice_to_voice"} <= set(metrics)
+    await ws.close()
+
+
+async def test_typed_text_gets_a_spoken_reply(running: Running) -> None:
+    ws, _ = await running.client()
+    await ws.send(json.dumps({"type": "text", "text": "ping"}))
+    frames = await collect_until(ws, "reply_done")
+    assert frames[-1]["text"] == "You said ping."
+    assert any(isinstance(f, bytes) and len(f) > 0 for f in frames)
+    await ws.close()
+
+
+async def test_output_rate_can_be_requested(running: Running) -> None:
+    ws, ready = await running.client(output_sample_rate=16000)
+    assert ready["sample_rate"] == 16000
+    await ws.send(json.dumps({"type": "text", "text": "abcdefghij"}))
+    frames = await collect_until(ws, "reply_done")
+    audio = b"".join(f for f in frames if isinstance(f, bytes))
+    expected_s = len("You said abcdefghij.") * 0.02
+    assert abs(len(audio) / 2 / 16000 - expected_s) < 0.05
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("this is not json", "bad_json"),
+        ('{"type": "sing"}', "unknown_type"),
+        (b"\x01\x02\x03", "bad_audio"),
+        ('{"type": "start", "sample_rate": 16000}', "already_started"),
+        ('{"type": "text", "text": ""}', "bad_message"),
+    ],
+)
+async def test_bad_input_after_start_is_an_error_and_the_session_goes_on(
+    running: Running, frame: str | bytes, code: str
+) -> None:
+    ws, _ = await running.client()
+    await ws.send(frame)
+    error = await next_event(ws, "error")
+    assert error["code"] == code
+    await ws.send(json.dumps({"type": "text", "text": "still there"}))
+    assert (await next_event(ws, "reply_done"))["text"] == "You said still there."
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        (b"\x00\x00" * 160, "not_started"),
+        ('{"type": "text", "text": "hi"}', "not_started"),
+        ('{"type": "start", "sample_rate": 96000}', "bad_rate"),
+        ('{"type": "start", "sample_rate": "fast"}', "bad_rate"),
+        ("{{{", "bad_json"),
+    ],
+)
+async def test_bad_input_before_start_is_an_error_and_start_still_works(
+    running: Running, first: str | bytes, code: str
+) -> None:
+    ws = await connect(running.ws_url, open_timeout=5)
+    await ws.send(first)
+    assert (await next_event(ws, "error"))["code"] == code
+    await ws.send(json.dumps({"type": "start", "sample_rate": 8000}))
+    assert (await next_event(ws, "ready"))["sample_rate"] == 22050
+    await ws.close()
+
+
+async def test_audio_at_8khz_and_48khz_is_understood(running: Running) -> None:
+    from voicebot.audio import resample
+
+    for rate in (8000, 48000):
+        ws = await connect(running.ws_url, open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": rate}))
+        await next_event(ws, "ready")
+        pcm = resample(tone(0.8) + silence(1.0, RATE), RATE, rate)
+        step = 2 * rate // 50
+        for offset in range(0, len(pcm), step):
+            await ws.send(pcm[offset : offset + step])
+        assert (await next_event(ws, "transcript"))["text"] == "hello there"
+        await ws.close()
+
+
+async def test_an_oversized_message_closes_only_that_session(settings: Settings) -> None:
+    server = await make_server(settings, max_message_bytes=4096)
+    try:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        other = await connect(url, open_timeout=5)
+        await other.send(json.dumps({"type": "start", "sample_rate": RATE}))
+        await next_event(other, "ready")
+        ws = await connect(url, open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+        await next_event(ws, "ready")
+        await ws.send(bytes(8192))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        await other.send(json.dumps({"type": "text", "text": "fine"}))
+        assert (await next_event(other, "reply_done"))["text"] == "You said fine."
+        await other.close()
+    finally:
+        await server.close()
+
+
+async def test_a_token_is_checked_before_any_audio(settings: Settings) -> None:
+    server = await make_server(settings, token="s3cret")
+    try:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        for token in (None, "wrong"):
+            ws = await connect(url, open_timeout=5)
+            start: dict[str, Any] = {"type": "start", "sample_rate": RATE}
+            if token:
+                start["token"] = token
+            await ws.send(json.dumps(start))
+            assert (await next_event(ws, "error"))["code"] == "unauthorized"
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert server.sessions == {}
+        ws = await connect(url, open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "token": "s3cret"}))
+        assert (await next_event(ws, "ready"))["conversation_id"]
+        await ws.close()
+    finally:
+        await server.close()
+
+
+async def test_beyond_loopback_a_token_is_required(settings: Settings) -> None:
+    public = replace(settings, server=replace(settings.server, host="0.0.0.0"))
+    with pytest.raises(ConfigError, match="token"):
+        VoiceServer(engines(), public, Store(":memory:"))
+
+
+async def test_a_full_server_closes_with_1013(running: Running) -> None:
+    clients = [await running.client() for _ in range(3)]
+    extra = await connect(running.ws_url, open_timeout=5)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(extra.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    for ws, _ in clients:
+        await ws.close()
+
+
+async def test_an_idle_session_is_closed(settings: Settings) -> None:
+    server = await make_server(settings, idle_timeout_s=0.5)
+    try:
+        ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+        await next_event(ws, "ready")
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                while True:
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle timeout"
+    finally:
+        await server.close()
+
+
+async def test_stop_finishes_the_reply_then_closes_normally(running: Running) -> None:
+    ws, _ = await running.client()
+    await ws.send(json.dumps({"type": "text", "text": "bye"}))
+    await ws.send(json.dumps({"type": "stop"}))
+    frames: list[Any] = []
+    with pytest.raises(ConnectionClosed) as closed:
+        async with asyncio.timeout(10):
+            while True:
+                frames.append(await ws.recv())
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert any(isinstance(f, str) and '"reply_done"' in f for f in frames)
+
+
+async def test_a_vanished_client_leaves_nothing_running(running: Running) -> None:
+    words = "one two three four, five six seven eight nine ten eleven twelve"
+    slow = FakeChat([words], token_delay_s=0.2)
+    running.server.engines.llm = slow
+    ws, _ = await running.client()
+    await ws.send(json.dumps({"type": "text", "text": "talk"}))
+    await next_event(ws, "reply_text")
+    session = next(iter(running.server.sessions.values()))
+    ws.transport.abort()  # the client vanishes without a close frame
+    async with asyncio.timeout(5):
+        while running.server.sessions:
+            await asyncio.sleep(0.05)
+    task = session._reply_task  # noqa: SLF001
+    assert task is None or task.done()
+    await asyncio.sleep(0.5)
+    streamed = slow.tokens_streamed
+    await asyncio.sleep(0.6)
+    assert slow.tokens_streamed == streamed  # generation stopped
+    assert streamed < len(words.split())
+
+
+async def test_the_event_loop_stays_free_during_inference(running: Running) -> None:
+    running.server.engines.llm = FakeChat(["a b c d e f g h i j"], token_delay_s=0.15)
+    busy, _ = await running.client()
+    await busy.send(json.dumps({"type": "text", "text": "long"}))
+    await next_event(busy, "state")
+    other, _ = await running.client()
+    rtts = []
+    for _ in range(5):
+        start = time.perf_counter()
+        pong = await other.ping()
+        await asyncio.wait_for(pong, 2)
+        rtts.append(time.perf_counter() - start)
+        await asyncio.sleep(0.1)
+    assert max(rtts) < 0.5
+    await busy.close()
+    await other.close()
+
+
+async def test_sessions_get_their_own_answers(running: Running) -> None:
+    clients = [await running.client() for _ in range(3)]
+    for i, (ws, _) in enumerate(clients):
+        await ws.send(json.dumps({"type": "text", "text": f"number {i}"}))
+    for i, (ws, _) in enumerate(clients):
+        assert (await next_event(ws, "reply_done"))["text"] == f"You said number {i}."
+        await ws.close()
+
+
+async def test_a_conversation_resumes_with_its_history(running: Running) -> None:
+    ws, ready = await running.client()
+    await ws.send(json.dumps({"type": "text", "text": "remember me"}))
+    await next_event(ws, "reply_done")
+    await next_event(ws, "state")  # back to listening once the reply has been played
+    await ws.close()
+    ws, again = await running.client(conversation_id=ready["conversation_id"])
+    assert again["conversation_id"] == ready["conversation_id"]
+    assert [h["text"] for h in again["history"]] == ["remember me", "You said remember me."]
+    await ws.close()
+
+
+async def test_an_unknown_conversation_or_profile_is_refused(running: Running) -> None:
+    for start in ({"conversation_id": "nope"}, {"profile": "nobody"}):
+        ws = await connect(running.ws_url, open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE, **start}))
+        error = await next_event(ws, "error")
+        assert error["code"] in ("store", "config")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+
+
+async def test_interrupt_cuts_the_reply(running: Running) -> None:
+    running.server.engines.llm = FakeChat(["one. two. three. four. five. six."], token_delay_s=0.1)
+    ws, _ = await running.client()
+    await ws.send(json.dumps({"type": "text", "text": "count"}))
+    await next_event(ws, "reply_text")
+    await ws.send(json.dumps({"type": "interrupt"}))
+    event = await next_event(ws, "interrupted")
+    assert event["turn_id"] == 1
+    await ws.close()
+
+
+async def test_http_routes_and_static_files_stay_inside_the_web_root(running: Running) -> None:
+    import urllib.request
+
+    base = f"http://127.0.0.1:{running.server.port}"
+
+    def get(path: str) -> tuple[int, bytes, str]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as response:
+                return response.status, response.read(), response.headers["Content-Type"]
+        except urllib.error.HTTPError as error:
+            return error.code, b"", ""
+
+    status, body, kind = await asyncio.to_thread(get, "/")
+    assert status == 200 and b"<title>voicebot</title>" in body and kind.startswith("text/html")
+    status, body, _ = await asyncio.to_thread(get, "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, body, _ = await asyncio.to_thread(get, "/config.json")
+    assert json.loads(body)["profiles"][0]["name"] == "default"
+    for path in (
+        "/../pyproject.toml",
+        "/%2e%2e/pyproject.toml",
+        "/..%2fpyproject.toml",
+        "/nope.js",
+    ):
+        status, _, _ = await asyncio.to_thread(get, path)
+        assert status == 404, path
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [(None, True), ("same", True), ("http://evil.example", False), ("http://good.example", True)],
+)
+async def test_browser_origins_are_checked(
+    settings: Settings, origin: str | None, allowed: bool
+) -> None:
+    server = await make_server(settings, allowed_origins=("http://good.example",))
+    try:
+        headers = {}
+        if origin == "same":
+            headers["Origin"] = f"http://127.0.0.1:{server.port}"
+        elif origin:
+            headers["Origin"] = origin
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        if allowed:
+            ws = await connect(url, additional_headers=headers, open_timeout=5)
+            await ws.close()
+        else:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, additional_headers=headers, open_timeout=5)
+            assert refused.value.response.status_code == 403
+    finally:
+        await server.close()
