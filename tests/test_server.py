@@ -49,8 +49,8 @@ class Running:
         return ws, ready
 
 
-async def next_event(ws: ClientConnection, kind: str, timeout: float = 10) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+async def next_event(ws: ClientConnection, kind: str, timeout_s: float = 10) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
         while True:
             frame = await ws.recv()
             if isinstance(frame, str):
@@ -59,9 +59,9 @@ async def next_event(ws: ClientConnection, kind: str, timeout: float = 10) -> di
                     return event
 
 
-async def collect_until(ws: ClientConnection, kind: str, timeout: float = 10) -> list[Any]:
+async def collect_until(ws: ClientConnection, kind: str, timeout_s: float = 10) -> list[Any]:
     frames: list[Any] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(timeout_s):
         while True:
             frame = await ws.recv()
             frames.append(frame if isinstance(frame, bytes) else json.loads(frame))
@@ -291,7 +291,7 @@ async def test_a_vanished_client_leaves_nothing_running(running: Running) -> Non
     session = next(iter(running.server.sessions.values()))
     ws.transport.abort()  # the client vanishes without a close frame
     async with asyncio.timeout(5):
-        while running.server.sessions:
+        while running.server.sessions:  # noqa: ASYNC110  (a test polling server state)
             await asyncio.sleep(0.05)
     task = session._reply_task  # noqa: SLF001
     assert task is None or task.done()
