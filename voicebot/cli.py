@@ -421,15 +421,27 @@ async def _chat_mic(args: argparse.Namespace, settings: Settings, store: Any, en
     return 0
 
 
-def _run_until_signal(main: Any) -> int:
-    """Run a coroutine until it ends or SIGINT/SIGTERM arrives (then cancel it cleanly)."""
+def _run_until_signal(main: Any, *, graceful: bool = False) -> int:
+    """Run a coroutine until it ends or SIGINT/SIGTERM arrives (then stop it cleanly).
+
+    With ``graceful``, a signal first asks the running daemon to stop, and cancels it only if
+    it has not stopped within half a second.
+    """
     import signal
 
     async def runner() -> int:
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(main)
+
+        def on_signal() -> None:
+            if graceful and _CURRENT_DAEMON:
+                _CURRENT_DAEMON[0].stop()
+                loop.call_later(0.5, task.cancel)
+            else:
+                task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         try:
             return int(await task)
         except asyncio.CancelledError:
@@ -569,6 +581,167 @@ async def _client(args: argparse.Namespace) -> int:
     if args.output:
         write_wav(args.output, timeline.audio(), out_rate)
         print(f"[wrote {args.output}]", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- daemon
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.install_service or args.print_service:
+        return _install_service(args)
+    if args.daemon_args:
+        raise VoicebotError(f"unexpected arguments: {' '.join(args.daemon_args)}")
+    if bool(args.input) != bool(args.output):
+        raise VoicebotError("--input and --output go together (file mode)")
+    from .engines.wake import MicroWakeWordDetector
+
+    wake = MicroWakeWordDetector(settings.daemon.wake_word, threshold=settings.daemon.wake_threshold)
+    recording = b""
+    if args.input:
+        from .audio import read_audio
+
+        recording = read_audio(args.input, 16000)
+    elif not settings.daemon.server:
+        from .transports.mic import resolve_device
+
+        resolve_device(args.input_device, "input")
+        resolve_device(args.output_device, "output")
+    engines = None
+    store = None
+    if not settings.daemon.server:
+        from .engines import load_engines
+
+        store = _open_store(settings)
+        print("[loading models...]", file=sys.stderr, flush=True)
+        engines = load_engines(settings)
+        engines.warm_up()
+    try:
+        return _run_until_signal(_daemon(args, settings, wake, engines, store, recording),
+                                 graceful=True)
+    finally:
+        if engines is not None:
+            engines.close()
+        if store is not None:
+            store.close()
+
+
+async def _daemon(
+    args: argparse.Namespace, settings: Settings, wake: Any, engines: Any, store: Any,
+    recording: bytes,
+) -> int:
+    from .audio import write_wav
+    from .session import Session
+    from .transports.console import ConsoleView, fan_out
+    from .transports.daemon import Daemon, ResamplingSource, StatusReporter, sd_notify
+    from .transports.file import Timeline, chunks_paced
+
+    out_rate = engines.tts.sample_rate_hz if engines is not None else 22050
+    started = time.perf_counter()
+    view = ConsoleView(settings.get_profile().display_name, show_state=True)
+    if args.input:
+        output: Any = Timeline(out_rate, lambda: time.perf_counter() - started)
+    else:
+        from .transports.mic import SpeakerSink
+
+        output = SpeakerSink(args.output_device)
+        output.open()
+    speaker = fan_out(output, view)
+
+    def make_conversation(sink: Any) -> Any:
+        if settings.daemon.server:
+            from .transports.satellite import RemoteConversation
+
+            return RemoteConversation(
+                settings.daemon.server, sink, token=settings.server.token,
+                profile=args.profile, output_sample_rate_hz=out_rate,
+            )
+        return Session(
+            engines, settings, sink=sink, store=store, input_sample_rate_hz=16000,
+            barge_in=False,
+        )
+
+    status = StatusReporter(settings.daemon)
+    daemon = Daemon(
+        settings.daemon, wake=wake, make_conversation=make_conversation, speaker=speaker,
+        status=status, output_sample_rate_hz=out_rate,
+    )
+    _CURRENT_DAEMON[:] = [daemon]
+
+    def open_source() -> Any:
+        if args.input:
+            return chunks_paced(recording, 16000)
+        from .transports.mic import MicrophoneSource
+
+        mic = MicrophoneSource(args.input_device)
+        rate = mic.open()
+        return ResamplingSource(mic.chunks(), rate).__aiter__()
+
+    watchdog = None
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    if usec:
+        async def ping() -> None:
+            while True:
+                sd_notify("WATCHDOG=1")
+                await asyncio.sleep(usec / 2e6)
+
+        watchdog = asyncio.create_task(ping(), name="systemd-watchdog")
+    print(
+        f"[daemon ready: say \"{wake.phrase}\"; "
+        f"{'satellite of ' + settings.daemon.server if settings.daemon.server else 'local models'}]",
+        file=sys.stderr, flush=True,
+    )
+    sd_notify("READY=1")
+    try:
+        await daemon.run(open_source, restart=not args.input)
+    finally:
+        sd_notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.cancel()
+        if args.input:
+            write_wav(args.output, output.audio(len(recording) / 32000), out_rate)
+            times = ", ".join(f"{t:.1f} s" for t in daemon.wake_times) or "none"
+            print(f"[wake words heard at: {times}; wrote {args.output}]", file=sys.stderr)
+        elif hasattr(output, "close"):
+            output.close()
+    return 0
+
+
+_CURRENT_DAEMON: list[Any] = []
+
+
+def _install_service(args: argparse.Namespace) -> int:
+    import shlex
+    import shutil
+
+    template = (Path(__file__).resolve().parent.parent / "clients" / "systemd" / "voicebot.service")
+    if not template.is_file():
+        template = Path(__file__).resolve().parent / "systemd" / "voicebot.service"
+    executable = shutil.which("voicebot") or f"{sys.executable} -m voicebot"
+    exe_path = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "voicebot" else None
+    command = [str(exe_path)] if exe_path else shlex.split(executable)
+    passthrough = [a for a in (args.daemon_args or [])]
+    exec_start = shlex.join([*command, "daemon", *passthrough])
+    environment = []
+    models = os.environ.get("VOICEBOT_MODELS")
+    if models:
+        environment.append(f"Environment=VOICEBOT_MODELS={models}")
+    if args.config:
+        environment.append(f"Environment=VOICEBOT_CONFIG={Path(args.config).resolve()}")
+    unit = template.read_text().replace("@EXEC_START@", exec_start)
+    unit = unit.replace("@ENVIRONMENT@\n", "".join(e + "\n" for e in environment))
+    if args.print_service:
+        print(unit, end="")
+        return 0
+    target = Path(args.install_service)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(unit)
+    print(
+        f"wrote {target}\nnow run: systemctl daemon-reload && systemctl enable --now "
+        f"{target.stem}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -732,6 +905,43 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--conversation", metavar="ID")
     client.add_argument("--barge-in", action=argparse.BooleanOptionalAction, default=True)
     client.set_defaults(func=_cmd_client)
+
+    daemon = sub.add_parser("daemon", help="smart-speaker mode: wake word, then talk")
+    daemon.add_argument("--wake-word", dest="daemon.wake_word", metavar="NAME",
+                        help="okay_nabu (default), hey_jarvis, alexa, hey_mycroft, or a .json")
+    daemon.add_argument("--wake-threshold", dest="daemon.wake_threshold", type=float,
+                        metavar="P", help="detection cutoff 0-1 (default: the model's)")
+    daemon.add_argument("--follow-up", dest="daemon.follow_up_s", type=float, metavar="S",
+                        help="seconds to answer back without the wake word (default 8)")
+    daemon.add_argument("--command-timeout", dest="daemon.command_timeout_s", type=float,
+                        metavar="S", help="give up if nobody speaks after the wake word")
+    daemon.add_argument("--conversation-timeout", dest="daemon.conversation_timeout_s",
+                        type=float, metavar="S", help="start a new conversation after this")
+    daemon.add_argument("--status-file", dest="daemon.status_file", metavar="FILE")
+    daemon.add_argument("--status-port", dest="daemon.status_port", type=int, metavar="PORT",
+                        help="serve the state as JSON on http://127.0.0.1:PORT/")
+    daemon.add_argument("--state-hook", dest="daemon.state_hook", metavar="CMD",
+                        help="run CMD STATE on every state change (LEDs)")
+    daemon.add_argument("--cue", dest="daemon.cue", action=argparse.BooleanOptionalAction,
+                        default=None, help="chime when woken (default on)")
+    daemon.add_argument("--server", dest="daemon.server", metavar="URL",
+                        help="satellite mode: talk through a remote voicebot serve")
+    daemon.add_argument("--token", dest="server.token", metavar="SECRET",
+                        help="the remote server's token (satellite mode)")
+    daemon.add_argument("--input-device", metavar="DEVICE")
+    daemon.add_argument("--output-device", metavar="DEVICE")
+    daemon.add_argument("--input", metavar="IN.wav", help="file mode: run over a recording")
+    daemon.add_argument("--output", metavar="OUT.wav", help="file mode: what it said")
+    daemon.add_argument("--install-service", metavar="UNIT_PATH", nargs="?",
+                        const="/etc/systemd/system/voicebot.service",
+                        help="write a systemd unit running this daemon (default path "
+                        "/etc/systemd/system/voicebot.service)")
+    daemon.add_argument("--print-service", action="store_true",
+                        help="print that systemd unit instead of writing it")
+    daemon.add_argument("daemon_args", nargs=argparse.REMAINDER,
+                        help="with --install-service: daemon flags for the unit, after --")
+    _add_engine_flags(daemon, stt=True, llm=True, tts=True)
+    daemon.set_defaults(func=_cmd_daemon)
 
     history = sub.add_parser("history", help="stored conversations")
     hsub = history.add_subparsers(dest="history_command", required=True, metavar="ACTION")

@@ -458,6 +458,16 @@ class Session:
         await self._emit(Transcript(turn, text, final=True))
         self._launch_reply(turn, text, {}, time.perf_counter())
 
+    @property
+    def replying(self) -> bool:
+        """True while a reply is being prepared or played."""
+        return self._reply_in_progress()
+
+    def reset_input(self) -> None:
+        """Forget any partial utterance (the daemon calls this right after the wake word)."""
+        self._segmenter.reset()
+        self._discard_speculation()
+
     def _is_deaf(self) -> bool:
         """Half-duplex: the assistant is replying (or just stopped)."""
         if self._reply_in_progress():
@@ -499,6 +509,8 @@ class Session:
             self._discard_speculation()
         elif isinstance(event, UtteranceDropped):
             self._discard_speculation()
+            # Too short to be a turn (a click, a cough): tell listeners speech is over.
+            await self._emit(SpeechStopped(self._turn_id + 1, self._segmenter.stream_time_s, 0.0))
         elif isinstance(event, UtteranceEnded):
             await self._on_utterance(event, now)
 
@@ -662,6 +674,9 @@ class Session:
         was_open = self._reply_open
         await self._close_reply(interrupted=True, text=heard)
         self._playback.reset()
+        if self._deaf_until:
+            # The speaker was flushed: only the room's echo tail is left to ignore.
+            self._deaf_until = self._clock() + self.settings.session.echo_tail_ms / 1000
         self._reply_turn = 0
         if was_open or (task is not None):
             await self._emit(Interrupted(turn, heard))

@@ -20,6 +20,8 @@ const PRE_READY_MAX_S = 3; // audio kept while the session opens, sent after `re
 const MAX_BUFFERED_BYTES = 1 << 20; // a stalled socket drops audio rather than queueing it
 const BACKOFF_S = [0.5, 1, 2, 4, 8, 15]; // reconnect delays (with jitter)
 const PLAY_LEAD_S = 0.05; // margin when playback restarts after a gap
+const TOKEN_NOTICE =
+  "This server needs a token: enter it in the Token field, then press Start talking.";
 const STAGES = [
   ["voice_to_voice", "voice to voice"],
   ["end_of_turn", "end of turn detected"],
@@ -106,7 +108,7 @@ function renderStatus() {
   } else if (app.mic) {
     setStatus("listening", "Listening");
   } else {
-    setStatus("listening", "Connected: type a message (microphone off)");
+    setStatus("listening", "Ready: type a message (microphone off)");
   }
   updateButtons();
 }
@@ -122,15 +124,23 @@ function updateButtons() {
       app.play.sources.size === 0);
 }
 
-function showNotice(text, kind = "error") {
-  ui.notice.textContent = text;
-  ui.notice.dataset.kind = kind;
+// Notices are keyed by concern ("mic", "server", "token"), one line each, so a microphone
+// problem and a connection problem can be shown together.
+function showNotice(key, text, kind = "error") {
+  let line = ui.notice.querySelector(`[data-key="${key}"]`);
+  if (!line) {
+    line = document.createElement("p");
+    line.dataset.key = key;
+    ui.notice.append(line);
+  }
+  line.dataset.kind = kind;
+  line.textContent = text;
   ui.notice.hidden = false;
 }
 
-function clearNotice() {
-  ui.notice.hidden = true;
-  ui.notice.textContent = "";
+function clearNotice(key) {
+  ui.notice.querySelector(`[data-key="${key}"]`)?.remove();
+  ui.notice.hidden = ui.notice.childElementCount === 0;
 }
 
 // ------------------------------------------------------------------------------ bubbles
@@ -342,7 +352,7 @@ function ensureAudioContext() {
   if (app.ctx) return app.ctx;
   const Context = window.AudioContext || window.webkitAudioContext;
   if (!Context) {
-    showNotice("This browser has no Web Audio support: voicebot cannot play or record audio.");
+    showNotice("mic", "This browser has no Web Audio support: voicebot cannot play or record audio.");
     return null;
   }
   app.ctx = new Context({ latencyHint: "interactive" });
@@ -355,6 +365,7 @@ async function startMic() {
   if (app.mic) return true;
   if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
     showNotice(
+      "mic",
       "The microphone only works on a secure page. Open this page as http://localhost:" +
         `${location.port || 80}/ on the machine running voicebot, or serve it over HTTPS ` +
         "(voicebot serve --certfile … --keyfile …). You can still type messages."
@@ -368,7 +379,7 @@ async function startMic() {
       app.workletLoaded = true;
     }
   } catch (error) {
-    showNotice(`Audio capture is not available in this browser (${error.message}).`);
+    showNotice("mic", `Audio capture is not available in this browser (${error.message}).`);
     return false;
   }
   let stream;
@@ -383,7 +394,7 @@ async function startMic() {
       video: false,
     });
   } catch (error) {
-    showNotice(micErrorMessage(error));
+    showNotice("mic", micErrorMessage(error));
     return false;
   }
   if (!app.wanted) {
@@ -409,14 +420,14 @@ async function startMic() {
     for (const track of stream.getAudioTracks()) {
       track.addEventListener("ended", () => {
         stopMic();
-        showNotice("The microphone stopped (unplugged?). Press Start talking to try again.");
+        showNotice("mic", "The microphone stopped (unplugged?). Press Start talking to try again.");
         renderStatus();
       });
     }
     return true;
   } catch (error) {
     for (const track of stream.getTracks()) track.stop();
-    showNotice(`Audio capture could not start (${error.message}).`);
+    showNotice("mic", `Audio capture could not start (${error.message}).`);
     return false;
   }
 }
@@ -490,7 +501,7 @@ function connect() {
   try {
     ws = new WebSocket(wsUrl());
   } catch (error) {
-    showNotice(`Cannot open a connection to the server (${error.message}).`);
+    showNotice("server", `Cannot open a connection to the server (${error.message}).`);
     return;
   }
   ws.binaryType = "arraybuffer";
@@ -659,7 +670,8 @@ function onReady(message) {
   app.sessionSeq += 1;
   app.freshConversation = false;
   app.play.next = 0;
-  clearNoticeIfConnection();
+  clearNotice("server");
+  clearNotice("token");
   const conversation = message.conversation_id;
   localStorage.setItem(STORAGE.conversation, conversation);
   if (app.shownConversation !== conversation) {
@@ -683,16 +695,12 @@ function onReady(message) {
   renderStatus();
 }
 
-function clearNoticeIfConnection() {
-  if (ui.notice.dataset.kind === "connection") clearNotice();
-}
-
 function onServerError(message) {
   const code = message.code || "error";
   if (code === "unauthorized") {
     ui.tokenRow.hidden = false;
     app.fatal = "The server needs a token";
-    showNotice("This server needs a token: enter it in the Token field, then press Start talking.");
+    showNotice("token", TOKEN_NOTICE);
     ui.token.focus();
     return;
   }
@@ -738,9 +746,11 @@ async function loadConfig() {
     const response = await fetch("config.json", { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     app.config = await response.json();
+    clearNotice("server");
   } catch {
     setStatus("offline", "Server unavailable");
     showNotice(
+      "server",
       "Cannot reach the voicebot server. Is `voicebot serve` running? " +
         "Press Start talking to try again.",
       "connection"
@@ -760,8 +770,16 @@ async function startSession({ mic }) {
   // Runs in the click handler: the AudioContext must be created and resumed here.
   if (!ensureAudioContext()) return;
   const resumed = app.ctx.resume();
-  if (ui.notice.dataset.kind !== "connection") clearNotice();
+  clearNotice("mic");
+  clearNotice("token");
   app.fatal = "";
+  if (app.config?.token_required && !ui.token.value.trim()) {
+    // Connecting would only be refused: ask for the token first.
+    ui.tokenRow.hidden = false;
+    showNotice("token", TOKEN_NOTICE);
+    ui.token.focus();
+    return;
+  }
   const connecting = !app.wanted;
   app.wanted = true;
   updateButtons();
