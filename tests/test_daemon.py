@@ -122,8 +122,12 @@ async def test_a_follow_up_within_the_window_needs_no_wake_word(settings: Settin
     daemon, stt = make_daemon(settings, recorder)
     # "Four." speaks for 0.25 s; the follow-up starts ~1 s after the reply.
     pcm = (
-        wake_word() + silence(0.2, RATE) + speech() + silence(2.5, RATE)
-        + speech() + silence(2.5, RATE)
+        wake_word()
+        + silence(0.2, RATE)
+        + speech()
+        + silence(2.5, RATE)
+        + speech()
+        + silence(2.5, RATE)
     )
     await asyncio.wait_for(daemon.run(lambda: paced(pcm), restart=False), 30)
     assert [e.text for e in recorder.of(ReplyDone)] == ["Four.", "Six."]
@@ -134,8 +138,12 @@ async def test_after_the_window_a_question_is_ignored(settings: Settings) -> Non
     recorder = Recorder()
     daemon, stt = make_daemon(settings, recorder)
     pcm = (
-        wake_word() + silence(0.2, RATE) + speech() + silence(5.0, RATE)
-        + speech() + silence(2.0, RATE)
+        wake_word()
+        + silence(0.2, RATE)
+        + speech()
+        + silence(5.0, RATE)
+        + speech()
+        + silence(2.0, RATE)
     )
     await asyncio.wait_for(daemon.run(lambda: paced(pcm), restart=False), 30)
     assert [e.text for e in recorder.of(ReplyDone)] == ["Four."]
@@ -165,8 +173,14 @@ async def test_the_wake_word_interrupts_the_reply(settings: Settings) -> None:
     wide = replace(settings, llm=replace(settings.llm, max_sentences=0))
     daemon, _ = make_daemon(wide, recorder, replies=[long, "Okay."])
     pcm = (
-        wake_word() + silence(0.2, RATE) + speech() + silence(1.5, RATE)
-        + wake_word() + silence(0.2, RATE) + speech() + silence(3.0, RATE)
+        wake_word()
+        + silence(0.2, RATE)
+        + speech()
+        + silence(1.5, RATE)
+        + wake_word()
+        + silence(0.2, RATE)
+        + speech()
+        + silence(3.0, RATE)
     )
     await asyncio.wait_for(daemon.run(lambda: paced(pcm), restart=False), 30)
     assert len(recorder.of(WakeWordDetected)) == 2
@@ -204,11 +218,14 @@ async def test_status_file_hook_and_http_endpoint(settings: Settings, tmp_path: 
     status_file = tmp_path / "status.json"
     hook_log = tmp_path / "hook.log"
     hook = tmp_path / "hook.sh"
-    hook.write_text(f"#!/bin/sh\necho \"$1\" >> {hook_log}\n")
+    hook.write_text(f'#!/bin/sh\necho "$1" >> {hook_log}\n')
     hook.chmod(0o755)
     options = DaemonSettings(
-        follow_up_s=1.0, command_timeout_s=2.0, status_file=str(status_file),
-        state_hook=str(hook), status_port=0,
+        follow_up_s=1.0,
+        command_timeout_s=2.0,
+        status_file=str(status_file),
+        state_hook=str(hook),
+        status_port=0,
     )
     recorder = Recorder()
     daemon, _ = make_daemon(settings, recorder, daemon=options)
@@ -217,7 +234,8 @@ async def test_status_file_hook_and_http_endpoint(settings: Settings, tmp_path: 
     data = json.loads(status_file.read_text())
     assert data["state"] == "idle" and data["wake_words"] == 1 and data["turns"] == 1
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "speaking" not in hook_log.read_text():
+    # The hook runs in its own process: poll its log.
+    while time.monotonic() < deadline and "speaking" not in hook_log.read_text():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     lines = hook_log.read_text().split()
     assert lines[:3] == ["idle", "listening", "thinking"] and "speaking" in lines
@@ -241,3 +259,25 @@ async def test_status_http_endpoint_answers(settings: Settings) -> None:
         assert json.loads(response.split(b"\r\n\r\n", 1)[1])["state"] == "starting"
     finally:
         await reporter.close()
+
+
+async def test_an_unreachable_server_gets_an_error_chime_and_the_daemon_carries_on(
+    settings: Settings,
+) -> None:
+    from voicebot.transports.satellite import RemoteConversation
+
+    recorder = Recorder()
+    daemon = Daemon(
+        DaemonSettings(follow_up_s=1.0, command_timeout_s=1.0),
+        wake=FakeWakeWord(),
+        make_conversation=lambda sink: RemoteConversation("ws://127.0.0.1:9/ws", sink),
+        speaker=recorder,
+        output_sample_rate_hz=16000,
+    )
+    pcm = wake_word() + silence(1.0, RATE) + speech() + silence(2.5, RATE) + wake_word()
+    pcm += silence(0.5, RATE)
+    await asyncio.wait_for(daemon.run(lambda: paced(pcm), restart=False), 30)
+    chimes = [e.pcm for e in recorder.of(AudioOut)]
+    assert chimes.count(cue("error", 16000)) == 2
+    assert len(recorder.of(WakeWordDetected)) == 2
+    assert daemon.status.info["errors"] == 2

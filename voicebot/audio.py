@@ -63,7 +63,7 @@ def pcm16_to_float(pcm: bytes) -> np.ndarray:
 def float_to_pcm16(samples: np.ndarray) -> bytes:
     """Convert float samples in [-1, 1] to PCM16 LE bytes (clipping out-of-range values)."""
     scaled = np.rint(np.asarray(samples, dtype=np.float32) * 32768.0)
-    return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+    return bytes(np.clip(scaled, -32768, 32767).astype("<i2").tobytes())
 
 
 def duration_s(pcm: bytes, sample_rate_hz: int) -> float:

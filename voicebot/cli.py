@@ -591,13 +591,15 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.install_service or args.print_service:
         return _install_service(args)
-    if args.daemon_args:
+    if [a for a in args.daemon_args if a != "--"]:
         raise VoicebotError(f"unexpected arguments: {' '.join(args.daemon_args)}")
     if bool(args.input) != bool(args.output):
         raise VoicebotError("--input and --output go together (file mode)")
     from .engines.wake import MicroWakeWordDetector
 
-    wake = MicroWakeWordDetector(settings.daemon.wake_word, threshold=settings.daemon.wake_threshold)
+    wake = MicroWakeWordDetector(
+        settings.daemon.wake_word, threshold=settings.daemon.wake_threshold
+    )
     recording = b""
     if args.input:
         from .audio import read_audio
@@ -618,8 +620,9 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         engines = load_engines(settings)
         engines.warm_up()
     try:
-        return _run_until_signal(_daemon(args, settings, wake, engines, store, recording),
-                                 graceful=True)
+        return _run_until_signal(
+            _daemon(args, settings, wake, engines, store, recording), graceful=True
+        )
     finally:
         if engines is not None:
             engines.close()
@@ -628,7 +631,11 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 
 
 async def _daemon(
-    args: argparse.Namespace, settings: Settings, wake: Any, engines: Any, store: Any,
+    args: argparse.Namespace,
+    settings: Settings,
+    wake: Any,
+    engines: Any,
+    store: Any,
     recording: bytes,
 ) -> int:
     from .audio import write_wav
@@ -654,18 +661,29 @@ async def _daemon(
             from .transports.satellite import RemoteConversation
 
             return RemoteConversation(
-                settings.daemon.server, sink, token=settings.server.token,
-                profile=args.profile, output_sample_rate_hz=out_rate,
+                settings.daemon.server,
+                sink,
+                token=settings.server.token,
+                profile=args.profile,
+                output_sample_rate_hz=out_rate,
             )
         return Session(
-            engines, settings, sink=sink, store=store, input_sample_rate_hz=16000,
+            engines,
+            settings,
+            sink=sink,
+            store=store,
+            input_sample_rate_hz=16000,
             barge_in=False,
         )
 
     status = StatusReporter(settings.daemon)
     daemon = Daemon(
-        settings.daemon, wake=wake, make_conversation=make_conversation, speaker=speaker,
-        status=status, output_sample_rate_hz=out_rate,
+        settings.daemon,
+        wake=wake,
+        make_conversation=make_conversation,
+        speaker=speaker,
+        status=status,
+        output_sample_rate_hz=out_rate,
     )
     _CURRENT_DAEMON[:] = [daemon]
 
@@ -681,16 +699,18 @@ async def _daemon(
     watchdog = None
     usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
     if usec:
+
         async def ping() -> None:
             while True:
                 sd_notify("WATCHDOG=1")
                 await asyncio.sleep(usec / 2e6)
 
         watchdog = asyncio.create_task(ping(), name="systemd-watchdog")
+    where = f"satellite of {settings.daemon.server}" if settings.daemon.server else "local models"
     print(
-        f"[daemon ready: say \"{wake.phrase}\"; "
-        f"{'satellite of ' + settings.daemon.server if settings.daemon.server else 'local models'}]",
-        file=sys.stderr, flush=True,
+        f'[daemon ready: say "{wake.phrase}"; {where}]',
+        file=sys.stderr,
+        flush=True,
     )
     sd_notify("READY=1")
     try:
@@ -715,13 +735,15 @@ def _install_service(args: argparse.Namespace) -> int:
     import shlex
     import shutil
 
-    template = (Path(__file__).resolve().parent.parent / "clients" / "systemd" / "voicebot.service")
+    template = Path(__file__).resolve().parent.parent / "clients" / "systemd" / "voicebot.service"
     if not template.is_file():
         template = Path(__file__).resolve().parent / "systemd" / "voicebot.service"
     executable = shutil.which("voicebot") or f"{sys.executable} -m voicebot"
     exe_path = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "voicebot" else None
     command = [str(exe_path)] if exe_path else shlex.split(executable)
-    passthrough = [a for a in (args.daemon_args or [])]
+    passthrough = list(args.daemon_args or [])
+    if passthrough[:1] == ["--"]:
+        passthrough = passthrough[1:]
     exec_start = shlex.join([*command, "daemon", *passthrough])
     environment = []
     models = os.environ.get("VOICEBOT_MODELS")
@@ -738,8 +760,7 @@ def _install_service(args: argparse.Namespace) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(unit)
     print(
-        f"wrote {target}\nnow run: systemctl daemon-reload && systemctl enable --now "
-        f"{target.stem}",
+        f"wrote {target}\nnow run: systemctl daemon-reload && systemctl enable --now {target.stem}",
         file=sys.stderr,
     )
     return 0
@@ -907,39 +928,93 @@ def build_parser() -> argparse.ArgumentParser:
     client.set_defaults(func=_cmd_client)
 
     daemon = sub.add_parser("daemon", help="smart-speaker mode: wake word, then talk")
-    daemon.add_argument("--wake-word", dest="daemon.wake_word", metavar="NAME",
-                        help="okay_nabu (default), hey_jarvis, alexa, hey_mycroft, or a .json")
-    daemon.add_argument("--wake-threshold", dest="daemon.wake_threshold", type=float,
-                        metavar="P", help="detection cutoff 0-1 (default: the model's)")
-    daemon.add_argument("--follow-up", dest="daemon.follow_up_s", type=float, metavar="S",
-                        help="seconds to answer back without the wake word (default 8)")
-    daemon.add_argument("--command-timeout", dest="daemon.command_timeout_s", type=float,
-                        metavar="S", help="give up if nobody speaks after the wake word")
-    daemon.add_argument("--conversation-timeout", dest="daemon.conversation_timeout_s",
-                        type=float, metavar="S", help="start a new conversation after this")
+    daemon.add_argument(
+        "--wake-word",
+        dest="daemon.wake_word",
+        metavar="NAME",
+        help="okay_nabu (default), hey_jarvis, alexa, hey_mycroft, or a .json",
+    )
+    daemon.add_argument(
+        "--wake-threshold",
+        dest="daemon.wake_threshold",
+        type=float,
+        metavar="P",
+        help="detection cutoff 0-1 (default: the model's)",
+    )
+    daemon.add_argument(
+        "--follow-up",
+        dest="daemon.follow_up_s",
+        type=float,
+        metavar="S",
+        help="seconds to answer back without the wake word (default 8)",
+    )
+    daemon.add_argument(
+        "--command-timeout",
+        dest="daemon.command_timeout_s",
+        type=float,
+        metavar="S",
+        help="give up if nobody speaks after the wake word",
+    )
+    daemon.add_argument(
+        "--conversation-timeout",
+        dest="daemon.conversation_timeout_s",
+        type=float,
+        metavar="S",
+        help="start a new conversation after this",
+    )
     daemon.add_argument("--status-file", dest="daemon.status_file", metavar="FILE")
-    daemon.add_argument("--status-port", dest="daemon.status_port", type=int, metavar="PORT",
-                        help="serve the state as JSON on http://127.0.0.1:PORT/")
-    daemon.add_argument("--state-hook", dest="daemon.state_hook", metavar="CMD",
-                        help="run CMD STATE on every state change (LEDs)")
-    daemon.add_argument("--cue", dest="daemon.cue", action=argparse.BooleanOptionalAction,
-                        default=None, help="chime when woken (default on)")
-    daemon.add_argument("--server", dest="daemon.server", metavar="URL",
-                        help="satellite mode: talk through a remote voicebot serve")
-    daemon.add_argument("--token", dest="server.token", metavar="SECRET",
-                        help="the remote server's token (satellite mode)")
+    daemon.add_argument(
+        "--status-port",
+        dest="daemon.status_port",
+        type=int,
+        metavar="PORT",
+        help="serve the state as JSON on http://127.0.0.1:PORT/",
+    )
+    daemon.add_argument(
+        "--state-hook",
+        dest="daemon.state_hook",
+        metavar="CMD",
+        help="run CMD STATE on every state change (LEDs)",
+    )
+    daemon.add_argument(
+        "--cue",
+        dest="daemon.cue",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="chime when woken (default on)",
+    )
+    daemon.add_argument(
+        "--server",
+        dest="daemon.server",
+        metavar="URL",
+        help="satellite mode: talk through a remote voicebot serve",
+    )
+    daemon.add_argument(
+        "--token",
+        dest="server.token",
+        metavar="SECRET",
+        help="the remote server's token (satellite mode)",
+    )
     daemon.add_argument("--input-device", metavar="DEVICE")
     daemon.add_argument("--output-device", metavar="DEVICE")
     daemon.add_argument("--input", metavar="IN.wav", help="file mode: run over a recording")
     daemon.add_argument("--output", metavar="OUT.wav", help="file mode: what it said")
-    daemon.add_argument("--install-service", metavar="UNIT_PATH", nargs="?",
-                        const="/etc/systemd/system/voicebot.service",
-                        help="write a systemd unit running this daemon (default path "
-                        "/etc/systemd/system/voicebot.service)")
-    daemon.add_argument("--print-service", action="store_true",
-                        help="print that systemd unit instead of writing it")
-    daemon.add_argument("daemon_args", nargs=argparse.REMAINDER,
-                        help="with --install-service: daemon flags for the unit, after --")
+    daemon.add_argument(
+        "--install-service",
+        metavar="UNIT_PATH",
+        nargs="?",
+        const="/etc/systemd/system/voicebot.service",
+        help="write a systemd unit running this daemon (default path "
+        "/etc/systemd/system/voicebot.service)",
+    )
+    daemon.add_argument(
+        "--print-service", action="store_true", help="print that systemd unit instead of writing it"
+    )
+    daemon.add_argument(
+        "daemon_args",
+        nargs=argparse.REMAINDER,
+        help="with --install-service: daemon flags for the unit, after --",
+    )
     _add_engine_flags(daemon, stt=True, llm=True, tts=True)
     daemon.set_defaults(func=_cmd_daemon)
 

@@ -88,7 +88,7 @@ class VoiceClient:
                     frame = await self._connection.recv()
                     if isinstance(frame, bytes):
                         continue
-                    message = json.loads(frame)
+                    message: dict[str, Any] = json.loads(frame)
                     if message.get("type") == "ready":
                         self.ready = message
                         return message

@@ -30,6 +30,7 @@ import numpy as np
 from ..audio import StreamResampler, float_to_pcm16
 from ..config import DaemonSettings
 from ..engines.base import WakeWordDetector
+from ..errors import VoicebotError
 from ..events import (
     AudioOut,
     ErrorEvent,
@@ -191,7 +192,8 @@ class StatusReporter:
     async def _run_hook(self, state: SessionState) -> None:
         try:
             process = await asyncio.create_subprocess_exec(
-                *shlex.split(self.settings.state_hook), state.value,
+                *shlex.split(self.settings.state_hook),
+                state.value,
                 stdin=asyncio.subprocess.DEVNULL,
             )
             async with asyncio.timeout(10):
@@ -366,12 +368,15 @@ class Daemon:
             self._conversation = None
         if self._conversation is None:
             self._conversation = self._make_conversation(self._on_event)
-            try:
-                await self._conversation.start()
-            except Exception:
-                self._conversation = None
-                await self._play_cue("error")
-                raise
+        try:
+            await self._conversation.start()
+        except VoicebotError as error:
+            # Say so out loud (a falling chime), and stay asleep until the next wake word.
+            _LOGGER.warning("cannot start the conversation: %s", error)
+            self.status.count("errors")
+            await self._play_cue("error")
+            await self._go_idle()
+            return
         self._conversation.reset_input()
         self._awake = True
         self._speech_open = False
