@@ -338,6 +338,7 @@ async def test_a_conversation_resumes_with_its_history(running: Running) -> None
     ws, again = await running.client(conversation_id=ready["conversation_id"])
     assert again["conversation_id"] == ready["conversation_id"]
     assert [h["text"] for h in again["history"]] == ["remember me", "You said remember me."]
+    assert [h["interrupted"] for h in again["history"]] == [False, False]
     await ws.close()
 
 

@@ -295,3 +295,44 @@ async def test_input_at_another_rate_is_resampled(settings: Settings) -> None:
 def test_make_settings_ignores_the_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("VOICEBOT_STT_MODEL", "elsewhere")
     assert make_settings(tmp_path).stt.model == "whisper-tiny.en"
+
+
+async def test_a_greeting_cut_short_keeps_only_what_was_heard(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from voicebot.config import Profile
+
+    profile = Profile(
+        name="chatty",
+        system_prompt="You are {name}.",
+        greeting="Hello and welcome. I can answer questions, tell jokes and keep you company.",
+    )
+    chatty = replace(settings, profiles={**settings.profiles, "chatty": profile})
+    store = Store(tmp_path / "store.db")
+    recorder = Recorder()
+    session = Session(
+        fake_engines(tts=FakeTts(seconds_per_char=0.04)),
+        chatty,
+        sink=recorder,
+        store=store,
+        profile="chatty",
+    )
+    cid = await session.start(greet=True)
+    await asyncio.sleep(1.2)
+    await session.interrupt()
+    heard = recorder.of(Interrupted)[0].heard_text
+    assert heard and profile.greeting.startswith(heard)
+    assert len(heard) < len(profile.greeting) / 2
+    stored = store.turns(cid)
+    assert [(t.role, t.text, t.interrupted) for t in stored] == [("assistant", heard, True)]
+
+
+async def test_interrupt_with_nothing_playing_sends_nothing(settings: Settings) -> None:
+    recorder = Recorder()
+    session = Session(fake_engines(), settings, sink=recorder, realtime_playback=False)
+    await session.start()
+    await session.send_text("hi")
+    await asyncio.wait_for(session.wait_idle(), 5)
+    await session.interrupt()
+    await session.interrupt()
+    assert not recorder.of(Interrupted)

@@ -173,7 +173,7 @@ def ready_frame(
     profile: str,
     display_name: str,
     profiles: list[str],
-    history: list[dict[str, str]],
+    history: list[dict[str, Any]],
 ) -> str:
     """The server's answer to ``start``."""
     return _frame(

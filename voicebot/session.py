@@ -650,6 +650,8 @@ class Session:
             return
         self._reply_open = False
         heard = text if text is not None else self._playback.heard()
+        if not heard.strip():
+            return  # nothing was heard: nothing to remember
         turn = self.dialogue.add_assistant(heard, interrupted=interrupted)
         turn.metrics_ms = dict(self._reply_metrics)
         await self._save(turn)
@@ -658,6 +660,7 @@ class Session:
         """Barge-in: stop the reply now and keep only what was heard."""
         task = self._reply_task
         turn = self._reply_turn
+        active = self._reply_in_progress()
         self._reply_cancel.set()
         heard = self._playback.heard()
         if task is not None and not task.done():
@@ -678,13 +681,15 @@ class Session:
             # The speaker was flushed: only the room's echo tail is left to ignore.
             self._deaf_until = self._clock() + self.settings.session.echo_tail_ms / 1000
         self._reply_turn = 0
-        if was_open or (task is not None):
+        if active or was_open:
             await self._emit(Interrupted(turn, heard))
         await self._set_state(SessionState.LISTENING)
 
     async def _speak_greeting(self, text: str) -> None:
         self._reply_turn = 0
-        self._reply_open = False
+        self._reply_open = True  # like a reply: an interruption keeps only what was heard
+        self._reply_metrics = {}
+        self._playback.reset()
         cancel = threading.Event()
         self._reply_cancel = cancel
 
@@ -692,21 +697,24 @@ class Session:
             voice = self.responder.voice
             worker = self.engines.worker(voice, "tts")
             await self._emit(ReplyText(0, text))
+            first = True
             async for pcm in worker.stream(
                 functools.partial(self.responder._speak, text, cancel)  # noqa: SLF001
             ):
-                await self._reply_event(AudioOut(0, pcm, voice.sample_rate_hz, ""))
+                await self._reply_event(
+                    AudioOut(0, pcm, voice.sample_rate_hz, text if first else "")
+                )
+                first = False
             await self._emit(ReplyDone(0, text))
-            turn = self.dialogue.add_assistant(text)
-            await self._save(turn)
-            self._finish_task = asyncio.create_task(self._finish_greeting(), name="greeting")
+            self._finish_task = asyncio.create_task(self._finish_greeting(text), name="greeting")
 
         self._reply_task = asyncio.create_task(greet(), name="greeting")
 
-    async def _finish_greeting(self) -> None:
+    async def _finish_greeting(self, text: str) -> None:
         delay = self._playback.end - self._clock()
         if delay > 0:
             await asyncio.sleep(delay)
+        await self._close_reply(interrupted=False, text=text)
         await self._set_state(SessionState.LISTENING)
 
     async def _save(self, turn: Turn) -> None:

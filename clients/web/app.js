@@ -72,7 +72,8 @@ const app = {
   sessionSeq: 0, // turn ids restart with each session: bubbles are keyed by both
   attempt: 0, // reconnect attempts since the last `ready`
   retryTimer: 0,
-  freshConversation: false, // the stored conversation is gone: start a new one
+  freshConversation: false, // start a new conversation, not the remembered one
+  lostConversation: false, // the remembered conversation was not found on the server
   pendingText: [], // typed before the session was ready
   serverState: "",
   hearing: false,
@@ -352,7 +353,7 @@ function ensureAudioContext() {
   if (app.ctx) return app.ctx;
   const Context = window.AudioContext || window.webkitAudioContext;
   if (!Context) {
-    showNotice("mic", "This browser has no Web Audio support: voicebot cannot play or record audio.");
+    showNotice("mic", "This browser has no Web Audio: voicebot cannot play or record audio.");
     return null;
   }
   app.ctx = new Context({ latencyHint: "interactive" });
@@ -558,6 +559,11 @@ function onClose(ws, event) {
     setStatus("error", app.fatal);
     return;
   }
+  if (app.lostConversation && !wasReady) {
+    setStatus("connecting", "Starting a new conversation…");
+    connect(); // at once: the server is up, it only did not know the conversation
+    return;
+  }
   if (event.code === 1000 && event.reason === "idle timeout") {
     hangUp();
     setStatus("offline", "Session ended after a long silence: press Start talking to resume");
@@ -679,6 +685,10 @@ function onReady(message) {
     showHistory(message.history);
     app.shownConversation = conversation;
   }
+  if (app.lostConversation) {
+    app.lostConversation = false;
+    addSystemLine("The previous conversation was not found on the server: this is a new one.");
+  }
   ui.conversationLabel.textContent = `Conversation ${conversation}`;
   ui.conversationLabel.dataset.conversationId = conversation;
   ui.botName.textContent = message.display_name ? `· ${message.display_name}` : "";
@@ -699,17 +709,18 @@ function onServerError(message) {
   const code = message.code || "error";
   if (code === "unauthorized") {
     ui.tokenRow.hidden = false;
-    app.fatal = "The server needs a token";
-    showNotice("token", TOKEN_NOTICE);
+    const sentToken = ui.token.value.trim() !== "";
+    app.fatal = sentToken ? "Wrong token" : "The server needs a token";
+    const wrong = "The server did not accept the token: check it, then press Start talking.";
+    showNotice("token", sentToken ? wrong : TOKEN_NOTICE);
     ui.token.focus();
     return;
   }
-  if (code === "store" && !app.ready) {
+  if (code === "store" && !app.ready && !app.freshConversation) {
     // The remembered conversation no longer exists on this server: start a new one.
     localStorage.removeItem(STORAGE.conversation);
     app.freshConversation = true;
-    app.attempt = 0;
-    addSystemLine("The previous conversation was not found on the server: starting a new one.");
+    app.lostConversation = true;
     return;
   }
   if (code === "config" && !app.ready) {

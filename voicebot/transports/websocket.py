@@ -268,7 +268,10 @@ class VoiceServer:
             await connection.close(CLOSE_POLICY, error.code)
             return
         try:
-            history = [{"role": t.role, "text": t.text} for t in session.dialogue.turns]
+            history = [
+                {"role": t.role, "text": t.text, "interrupted": t.interrupted}
+                for t in session.dialogue.turns
+            ]
             await connection.send(
                 ready_frame(
                     conversation_id=session.conversation_id,
