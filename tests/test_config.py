@@ -242,9 +242,7 @@ def test_file_profile_without_prompt_gets_the_default_prompt(tmp_path: Path) -> 
     assert profile.display_name == "Captain Flint"
     assert profile.speaking_rate == 1.1
     assert profile.system_prompt == DEFAULT_PROFILE.system_prompt
-    assert profile.prompt() == (
-        "You are Captain Flint, a friendly voice assistant. Answer in one short sentence."
-    )
+    assert profile.prompt() == "You are a helpful AI assistant. Keep answers brief."
 
 
 def test_file_profile_keeps_its_own_prompt(tmp_path: Path) -> None:
@@ -263,7 +261,8 @@ def test_file_can_amend_the_default_profile(tmp_path: Path) -> None:
     profile = load_settings(path, environ={}).get_profile()
     assert profile.display_name == "Max"
     assert profile.greeting == DEFAULT_PROFILE.greeting
-    assert profile.prompt().startswith("You are Max, ")
+    assert profile.greeting_text() == "Hi, I'm Max. What can I do for you?"
+    assert profile.prompt() == DEFAULT_PROFILE.prompt()
 
 
 def test_profile_prompt_substitutes_every_name_placeholder() -> None:

@@ -70,6 +70,7 @@ class Recorder:
 
 
 async def test_one_turn_events_in_order(settings: Settings) -> None:
+    settings = replace(settings, llm=replace(settings.llm, max_sentences=2))
     recorder = Recorder()
     session = Session(fake_engines(), settings, sink=recorder)
     pcm = silence(0.3, RATE) + tone(0.8) + silence(1.0, RATE)
@@ -98,6 +99,7 @@ async def test_one_turn_events_in_order(settings: Settings) -> None:
 
 
 async def test_audio_and_text_of_each_piece_arrive_together(settings: Settings) -> None:
+    settings = replace(settings, llm=replace(settings.llm, max_sentences=2))
     recorder = Recorder()
     session = Session(fake_engines(), settings, sink=recorder, realtime_playback=False)
     await session.start()
@@ -245,8 +247,10 @@ async def test_turns_are_stored_and_a_conversation_resumes(
     await resumed.send_text("What is my name?")
     await asyncio.wait_for(resumed.wait_idle(), 5)
     prompt = llm.prompts[-1]
-    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
-    assert "Ada" in prompt[0]["content"]  # the fact is kept in the dialogue state
+    # The default sends no earlier turns (history_turns = 0): the fact rides in the system
+    # prompt, rebuilt from the stored turns.
+    assert [m["role"] for m in prompt] == ["system", "user"]
+    assert "The user's name is Ada." in prompt[0]["content"]
     assert [t.text for t in store.turns(cid)] == [
         "My name is Ada.",
         "Nice to meet you, Ada.",
@@ -261,7 +265,7 @@ async def test_greeting_is_spoken_and_stored(settings: Settings, tmp_path: Path)
     session = Session(fake_engines(), settings, sink=recorder, store=store, realtime_playback=False)
     cid = await session.start(greet=True)
     await asyncio.wait_for(session.wait_idle(), 5)
-    assert recorder.of(ReplyText)[0].text == settings.get_profile().greeting
+    assert recorder.of(ReplyText)[0].text == "Hi, I'm Nova. What can I do for you?"
     assert recorder.of(AudioOut)
     assert store.turns(cid)[0].role == "assistant"
 
@@ -336,3 +340,18 @@ async def test_interrupt_with_nothing_playing_sends_nothing(settings: Settings) 
     await session.interrupt()
     await session.interrupt()
     assert not recorder.of(Interrupted)
+
+
+async def test_history_turns_sends_earlier_turns(settings: Settings) -> None:
+    llm = FakeChat(["One.", "Two.", "Three."])
+    wide = replace(settings, llm=replace(settings.llm, history_turns=2))
+    session = Session(fake_engines(llm=llm), wide, sink=Recorder(), realtime_playback=False)
+    await session.start()
+    for text in ("first", "second", "third"):
+        await session.send_text(text)
+        await asyncio.wait_for(session.wait_idle(), 5)
+    assert [(m["role"], m["content"]) for m in llm.prompts[-1][1:]] == [
+        ("user", "second"),
+        ("assistant", "Two."),
+        ("user", "third"),
+    ]

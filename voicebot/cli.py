@@ -766,6 +766,63 @@ def _install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bench
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, format_table, run_bench
+
+    settings = _settings(args)
+    try:
+        concurrency = tuple(int(n) for n in args.sessions.split(",") if n.strip())
+    except ValueError:
+        raise VoicebotError(f"--sessions takes numbers like 1,2,4, not {args.sessions!r}") from None
+    options = BenchOptions(
+        turns=args.turns,
+        concurrency=concurrency,
+        wavs=tuple(args.wav or ()),
+        reference=not args.no_reference,
+    )
+    for wav in options.wavs:
+        if not Path(wav).is_file():
+            raise VoicebotError(f"cannot read {wav}: no such file")
+
+    def log(line: str) -> None:
+        print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    if args.quality:
+        return _quality(settings, args)
+    results = run_bench(settings, options, log)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[bench] wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _quality(settings: Settings, args: argparse.Namespace) -> int:
+    from .engines import Engines, load_llm, make_vad_factory
+    from .engines.fake import FakeStt, FakeTts
+    from .quality import evaluate
+
+    llm = load_llm(settings, reference=settings.get_profile().llm_model)
+    engines = Engines(stt=FakeStt(), llm=llm, tts=FakeTts(), vad_factory=make_vad_factory(settings))
+    report = evaluate(engines, settings)
+    for answer in report.answers:
+        mark = "ok " if answer["right"] else "BAD"
+        print(f"{mark} {answer['q']} -> {answer['a']}")
+    print(f"{report.summary()} ({report.seconds:.0f} s)")
+    if args.json:
+        data = {
+            "summary": report.summary(),
+            "factual_right": report.factual_right,
+            "memory_right": report.memory_right,
+            "answers": report.answers,
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
 # ----------------------------------------------------------------------------- history
 
 
@@ -1017,6 +1074,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_flags(daemon, stt=True, llm=True, tts=True)
     daemon.set_defaults(func=_cmd_daemon)
+
+    bench = sub.add_parser("bench", help="measure latency and speed (docs/benchmarks.md)")
+    bench.add_argument("--turns", type=int, default=6, help="utterances per session")
+    bench.add_argument("--sessions", default="1,2,4", help="concurrent websocket sessions")
+    bench.add_argument("--wav", action="append", metavar="FILE", help="add your own recording")
+    bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bench.add_argument(
+        "--quality",
+        action="store_true",
+        help="only the answer-quality question set (docs/quality.md)",
+    )
+    bench.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the plain faster-whisper and llama.cpp reference runs",
+    )
+    _add_engine_flags(bench, stt=True, llm=True, tts=True)
+    bench.set_defaults(func=_cmd_bench)
 
     history = sub.add_parser("history", help="stored conversations")
     hsub = history.add_subparsers(dest="history_command", required=True, metavar="ACTION")

@@ -218,12 +218,14 @@ class Dialogue:
         self,
         count_tokens: Callable[[Sequence[Message]], int] | None = None,
         budget_tokens: int = 0,
+        history_turns: int = -1,
     ) -> list[Message]:
         """The chat messages for the model: system prompt, then as many recent turns as fit.
 
         The oldest turns are dropped first; the system prompt is never dropped, nor the
         latest turn. Consecutive turns of the same role are merged (chat templates expect
-        alternation).
+        alternation). ``history_turns`` caps the earlier messages kept before the latest one
+        (-1: no cap); the user's facts stay in the system prompt whatever is dropped.
         """
         system: Message = {"role": "system", "content": self.system_prompt()}
         history: list[Message] = []
@@ -237,7 +239,11 @@ class Dialogue:
                 }
             else:
                 history.append({"role": turn.role, "content": turn.text})
+        if history_turns >= 0 and len(history) > history_turns + 1:
+            history = history[len(history) - history_turns - 1 :]
         if count_tokens is None or budget_tokens <= 0:
+            while len(history) > 1 and history[0]["role"] == "assistant":
+                history.pop(0)
             return [system, *history]
         kept: list[Message] = []
         for message in reversed(history):

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
@@ -48,7 +49,7 @@ from .segmenter import (
     UtteranceDropped,
     UtteranceEnded,
 )
-from .speakable import SpeakableChunker, count_sentences
+from .speakable import SpeakableChunker
 from .store import Store
 
 __all__ = ["ReplyOutcome", "Responder", "Session", "Sink"]
@@ -59,6 +60,8 @@ Sink = Callable[[Event], Awaitable[None]]
 """Where a session's events go."""
 
 _VAD_RATE_HZ = 16000
+_ENDS_SENTENCE = re.compile(r"[.!?\u2026][\"')\]]*$")
+"""A piece that ends a sentence (the first piece may end at a comma: not a sentence)."""
 _AUDIO_CHUNK_S = 0.2
 """Reply audio is handed to the sink in chunks this long, so an interruption flushes quickly."""
 
@@ -138,7 +141,10 @@ class Responder:
             return cancel.is_set() or llm_stop.is_set()
 
         messages = await llm_worker.run(
-            dialogue.messages, self.llm.count_tokens, self.settings.llm.context_tokens
+            dialogue.messages,
+            self.llm.count_tokens,
+            self.settings.llm.context_tokens,
+            self.settings.llm.history_turns,
         )
 
         async def write() -> None:
@@ -156,7 +162,7 @@ class Responder:
                         if "first_piece" not in outcome.metrics_ms:
                             outcome.metrics_ms["first_piece"] = _ms(time.perf_counter() - t0)
                         await pieces.put(piece)
-                        sentences += count_sentences(piece)
+                        sentences += _ENDS_SENTENCE.search(piece) is not None
                     if max_sentences and sentences >= max_sentences:
                         llm_stop.set()
                         break
@@ -378,7 +384,7 @@ class Session:
     async def greet(self) -> None:
         """Speak the profile's greeting, if it has one and the conversation is new."""
         if self.profile.greeting and not self.dialogue.turns and not self._reply_in_progress():
-            await self._speak_greeting(self.profile.greeting)
+            await self._speak_greeting(self.profile.greeting_text())
 
     async def run(self, audio: AsyncIterable[bytes]) -> None:
         """Consume an audio stream to its end, then let the last reply finish."""
