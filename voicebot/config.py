@@ -116,7 +116,10 @@ class LlmSettings:
     dtype: str = "auto"
     """``auto`` picks the fastest the device supports: bfloat16 on CUDA and on CPUs with native
     bf16 (AVX512-BF16/AMX), float32 otherwise. Or ``bfloat16``, ``float16``, ``float32``."""
-    max_new_tokens: int = 96
+    weights: str = "auto"
+    """Linear weights on the CPU: ``auto`` (int4 for models converted from a Q4 GGUF, which is
+    their own format; int8 for others), ``int4``, ``int8`` or ``dense``. Ignored on CUDA."""
+    max_new_tokens: int = 60
     """Longest reply in tokens."""
     context_tokens: int = 1536
     """Token budget for the prompt: the oldest turns are dropped beyond it."""

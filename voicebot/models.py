@@ -462,5 +462,24 @@ def convert_gguf_to_safetensors(gguf_path: Path, out_dir: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    # Tell the engine these weights are a Q4 GGUF's, so int4 (the same format) is lossless.
+    source = {"gguf": gguf_path.name, "file_type": _gguf_file_type(gguf_path)}
+    (staging / "voicebot-source.json").write_text(json.dumps(source) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.replace(out_dir)
+
+
+def _gguf_file_type(gguf_path: Path) -> str:
+    """The GGUF's dominant tensor type (``Q4_1``...), or "" if unknown."""
+    try:
+        from collections import Counter
+
+        from gguf import GGUFReader
+
+        reader = GGUFReader(gguf_path)
+        counts = Counter(t.tensor_type.name for t in reader.tensors)
+        quantized = [(n, k) for k, n in counts.items() if k.startswith("Q")]
+        return max(quantized)[1] if quantized else ""
+    except Exception:  # the type is an optimisation hint only
+        _LOGGER.debug("cannot read the GGUF tensor types", exc_info=True)
+        return ""

@@ -192,6 +192,7 @@ def load_llm(
         temperature=settings.llm.temperature,
         repetition_penalty=settings.llm.repetition_penalty,
         threads=settings.llm.threads,
+        weights=settings.llm.weights,
     )
 
 

@@ -40,8 +40,9 @@ class TransformersChat:
         dtype: str = "auto",
         max_new_tokens: int = 96,
         temperature: float = 0.0,
-        repetition_penalty: float = 1.15,
+        repetition_penalty: float = 1.0,
         threads: int = 0,
+        weights: str = "auto",
     ) -> None:
         """Load a model.
 
@@ -54,6 +55,8 @@ class TransformersChat:
             temperature: 0 for greedy decoding, else the sampling temperature.
             repetition_penalty: Penalty on repeated tokens (1.0 for none).
             threads: Torch CPU threads; 0 for the physical core count.
+            weights: On the CPU in bf16: ``auto``, ``int4``, ``int8`` or ``dense`` linear
+                weights for decoding (see :mod:`voicebot.engines.quant`).
 
         Raises:
             ModelError: the model cannot be loaded.
@@ -87,6 +90,8 @@ class TransformersChat:
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelError(f"cannot load chat model {model}: {error}") from error
         self._model.eval()
+        self.weights = self._quantize(weights, path if path.is_dir() else None)
+        """The weight format used for decoding."""
         if self._tokenizer.chat_template is None:
             raise ModelError(f"chat model {model} has no chat template")
         self.max_new_tokens = max_new_tokens
@@ -94,7 +99,29 @@ class TransformersChat:
         self.repetition_penalty = repetition_penalty
         self.name = str(model)
         """The model's name or path."""
-        _LOGGER.info("chat model %s on %s (%s)", model, device, self.dtype)
+        _LOGGER.info(
+            "chat model %s on %s (%s, %s weights)", model, device, self.dtype, self.weights
+        )
+
+    def _quantize(self, weights: str, directory: Path | None) -> str:
+        from .quant import int4_supported, quantize_linears
+
+        if weights not in ("auto", "int4", "int8", "dense"):
+            raise ModelError(f"unknown weights format {weights!r} (auto, int4, int8, dense)")
+        if weights == "dense" or self.device != "cpu" or self.dtype != "bfloat16":
+            return "dense"
+        if weights == "auto":
+            source = directory / "voicebot-source.json" if directory else None
+            from_q4 = False
+            if source is not None and source.is_file():
+                import json
+
+                from_q4 = json.loads(source.read_text()).get("file_type", "").startswith("Q4")
+            weights = "int4" if from_q4 and int4_supported() else "int8"
+        if weights == "int4" and not int4_supported():
+            weights = "int8"
+        quantize_linears(self._model, weights)
+        return weights
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Prompt tokens these messages take, generation prompt included."""
