@@ -39,6 +39,15 @@ def int4_supported() -> bool:
 class QuantizedLinear(nn.Module):
     """A bias-free linear layer with packed low-bit weights for one-row products."""
 
+    dense: torch.Tensor
+    bits: int
+    in_features: int
+    out_features: int
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    q8: torch.Tensor
+    s8: torch.Tensor
+
     def __init__(self, linear: nn.Linear, bits: int) -> None:
         """Quantise ``linear`` (its bf16 weight is kept, shared, for prompts)."""
         super().__init__()
@@ -86,7 +95,8 @@ class QuantizedLinear(nn.Module):
             )
         else:
             out = torch._weight_int8pack_mm(rows, self.q8, self.s8)
-        return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        result: torch.Tensor = out.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return result
 
 
 def quantize_linears(model: Any, mode: str) -> dict[str, int]:
