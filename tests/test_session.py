@@ -355,3 +355,21 @@ async def test_history_turns_sends_earlier_turns(settings: Settings) -> None:
         ("assistant", "Two."),
         ("user", "third"),
     ]
+
+
+async def test_a_complete_sentence_ends_the_turn_early(settings: Settings) -> None:
+    recorder = Recorder()
+    session = Session(fake_engines(FakeStt(["Is it done?"])), settings, sink=recorder)
+    await asyncio.wait_for(session.run(paced(tone(0.8) + silence(1.2, RATE))), 10)
+    stopped = recorder.of(SpeechStopped)[0]
+    metrics = recorder.of(Metrics)[0].values_ms
+    # Ended after the 300 ms early silence, not the full 600 ms.
+    assert metrics["end_of_turn"] < 450
+    assert stopped.stream_time_s == pytest.approx(0.8, abs=0.05)
+
+
+async def test_an_unfinished_sentence_waits_for_the_full_silence(settings: Settings) -> None:
+    recorder = Recorder()
+    session = Session(fake_engines(FakeStt(["I want to"])), settings, sink=recorder)
+    await asyncio.wait_for(session.run(paced(tone(0.8) + silence(1.2, RATE))), 10)
+    assert recorder.of(Metrics)[0].values_ms["end_of_turn"] >= 580

@@ -1123,9 +1123,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("httpx", "urllib3", "faster_whisper", "websockets.server"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
     except VoicebotError as error:
         print(f"voicebot: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    if args.command in _FAST_EXIT_COMMANDS:
+        # Everything is saved and closed by now. Interpreter teardown with torch and
+        # onnxruntime loaded takes over a second here, which would delay a service's stop
+        # (SIGTERM must end the daemon within a second) and systemd's restarts.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(status)
+    return status
+
+
+_FAST_EXIT_COMMANDS = ("daemon", "serve", "chat")

@@ -77,6 +77,11 @@ class SegmenterSettings:
     """Utterances with less voiced audio than this (clicks, coughs) are dropped."""
     end_of_turn_silence_ms: int = 600
     """Silence that ends the user's turn."""
+    early_end_of_turn_ms: int = 300
+    """Silence that ends the turn early when the transcript made during the pause is a
+    complete sentence (ends in . ? or !); 0 disables this."""
+    speculative_after_ms: int = 200
+    """Silence after which transcription starts, before the end of turn is certain."""
     max_utterance_s: float = 20.0
     """An utterance this long is ended even if the user keeps talking."""
 

@@ -92,14 +92,19 @@ class Segmenter:
         vad: VoiceActivityDetector,
         settings: SegmenterSettings | None = None,
         *,
-        speculative_after_ms: int = 200,
+        speculative_after_ms: int | None = None,
     ) -> None:
         """Create a segmenter around a VAD."""
         self.settings = settings or SegmenterSettings()
         """Timing settings."""
         self.frame_ms = vad.frame_ms
         """VAD frame length."""
-        self.speculative_after_ms = min(speculative_after_ms, self.settings.end_of_turn_silence_ms)
+        self.speculative_after_ms = min(
+            speculative_after_ms
+            if speculative_after_ms is not None
+            else self.settings.speculative_after_ms,
+            self.settings.end_of_turn_silence_ms,
+        )
         """Silence after which :class:`PauseBegan` is reported."""
         self._vad = vad
         self._frame_bytes = SAMPLE_RATE_HZ * self.frame_ms // 1000 * 2
@@ -131,6 +136,23 @@ class Segmenter:
     def voiced_ms(self) -> int:
         """Voiced audio in the open utterance."""
         return self._voiced_ms
+
+    @property
+    def silence_ms(self) -> int:
+        """Silence since the last voiced audio of the open utterance."""
+        return self._silence_ms if self._in_speech else 0
+
+    @property
+    def paused(self) -> bool:
+        """The open utterance is in a pause long enough to have reported :class:`PauseBegan`."""
+        return self._in_speech and self._paused
+
+    def end_now(self) -> list[SegmentEvent]:
+        """End the open utterance now (the caller knows the turn is complete)."""
+        events: list[SegmentEvent] = []
+        if self._in_speech:
+            self._end(events, forced=False)
+        return events
 
     @property
     def stream_time_s(self) -> float:

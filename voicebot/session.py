@@ -433,6 +433,9 @@ class Session:
             del self._arrivals[:1000]
         for event in self._segmenter.feed(audio):
             await self._on_segment(event, now)
+        if self._complete_sentence_heard():
+            for event in self._segmenter.end_now():
+                await self._on_segment(event, now)
         if (
             self.barge_in
             and self._segmenter.in_speech
@@ -519,6 +522,25 @@ class Session:
             await self._emit(SpeechStopped(self._turn_id + 1, self._segmenter.stream_time_s, 0.0))
         elif isinstance(event, UtteranceEnded):
             await self._on_utterance(event, now)
+
+    def _complete_sentence_heard(self) -> bool:
+        """The early transcript of the current pause is a whole sentence: end the turn now.
+
+        Whisper punctuates; a question or statement that ends in ``. ? !`` after a pause of
+        ``early_end_of_turn_ms`` is very likely complete, and waiting the full end-of-turn
+        silence would only add latency. Trailing-off speech ("I want to...") does not end so.
+        """
+        early_ms = self.settings.segmenter.early_end_of_turn_ms
+        speculative = self._speculative
+        if not early_ms or speculative is None or not self._segmenter.paused:
+            return False
+        task = speculative[1]
+        if self._segmenter.silence_ms < early_ms or not task.done() or task.cancelled():
+            return False
+        if task.exception() is not None:
+            return False
+        text = task.result().rstrip()
+        return bool(text) and text[-1] in ".?!" and not text.endswith("...")
 
     def _discard_speculation(self) -> None:
         if self._speculative is not None:

@@ -282,6 +282,7 @@ class VoiceServer:
                     history=history[-50:],
                 )
             )
+            await send.release()
             if start.greet:
                 await session.greet()
             await self._receive(connection, session)
@@ -370,6 +371,13 @@ class _Sender:
         self.requested_rate = output_rate
         self.source_rate = 0
         self._resampler: StreamResampler | None = None
+        self._held: list[str | bytes] | None = []  # frames made before "ready" was sent
+
+    async def release(self) -> None:
+        """Send what was held back; from now on frames go out at once."""
+        held, self._held = self._held or [], None
+        for frame in held:
+            await _send_quietly(self.connection, frame)
 
     @property
     def output_rate(self) -> int:
@@ -382,7 +390,11 @@ class _Sender:
             frame: str | bytes | None = self._resampler.process(event.pcm)
         else:
             frame = encode_event(event)
-        if frame:
+        if not frame:
+            return
+        if self._held is not None:
+            self._held.append(frame)
+        else:
             await _send_quietly(self.connection, frame)
 
 
