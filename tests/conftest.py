@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,12 +61,21 @@ class Speech:
     def __init__(self, engines: Engines, tmp: Path) -> None:
         self.engines = engines
         self.tmp = tmp
+        self._voice: Any = None
 
     def piper(self, text: str, *, rate: float = 1.0) -> bytes:
-        """16 kHz PCM16 of Piper (the bot's own voice) saying ``text``."""
-        tts = self.engines.tts
-        pcm = b"".join(tts.synthesize(text, speaking_rate=rate))
-        return resample(pcm, tts.sample_rate_hz, 16000)
+        """16 kHz PCM16 of Piper (the bot's voice) saying ``text``, identical on every run.
+
+        Piper adds random noise to its voice by default; test speech turns it off so a test
+        hears the same audio every time (flaky inputs make flaky tests).
+        """
+        if self._voice is None:
+            from voicebot.engines.tts import PiperTts
+
+            path = REPO / "models" / "piper-en_US-joe-medium" / "en_US-joe-medium.onnx"
+            self._voice = PiperTts(path, noise_scale=0.0, noise_w_scale=0.0)
+        pcm = b"".join(self._voice.synthesize(text, speaking_rate=rate))
+        return resample(pcm, self._voice.sample_rate_hz, 16000)
 
     def espeak(self, text: str, *, voice: str = "en-us", words_per_minute: int = 150) -> bytes:
         """16 kHz PCM16 of espeak-ng saying ``text`` (a voice unlike the bot's)."""

@@ -14,7 +14,7 @@ from voicebot.audio import float_to_pcm16, silence
 from voicebot.engines import Engines
 from voicebot.speakable import SpeakableChunker
 
-from .conftest import Speech
+from .conftest import REPO, Speech
 
 pytestmark = pytest.mark.models
 
@@ -177,3 +177,20 @@ async def test_two_turn_dialogue_remembers_and_resumes(real_engines: Engines, se
     await asyncio.wait_for(resumed.wait_idle(), 60)
     assert "ada" in replies[-1].lower(), replies
     assert [t.role for t in store.turns(cid)] == ["user", "assistant", "user", "assistant"]
+
+
+def test_the_fitted_encoder_window_is_fast_and_understands(speech: Speech) -> None:
+    from voicebot.engines.stt import WhisperStt
+
+    stt = WhisperStt(REPO / "models" / "whisper-tiny.en", fit_window=True)
+    heard = [stt.transcribe(speech.piper(s)).text for s in SENTENCES]
+    error = jiwer.wer([normalise(s) for s in SENTENCES], [normalise(h) for h in heard])
+    assert error < 0.15, list(zip(SENTENCES, heard, strict=True))
+    assert stt.transcribe(silence(2.0, 16000)).text == ""
+
+
+def test_a_repeated_phrase_is_recognised_as_a_decoding_loop() -> None:
+    from voicebot.engines.stt import _repeats
+
+    assert _repeats("What is the weather like in London today? What is the weather like in")
+    assert not _repeats("What is the weather like in London today?")

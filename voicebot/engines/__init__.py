@@ -171,6 +171,7 @@ def load_stt(settings: Settings, manager: ModelManager | None = None) -> SpeechT
         cpu_threads=settings.stt.cpu_threads,
         no_speech_threshold=settings.stt.no_speech_threshold,
         log_prob_threshold=settings.stt.log_prob_threshold,
+        fit_window=settings.stt.fit_window,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,38 @@ _MIN_AUDIO_S = 0.3
 """Shorter audio cannot hold a word; Whisper guesses on it."""
 _MAX_COMPRESSION_RATIO = 2.4
 """Above this a segment is a repetition loop, a known Whisper hallucination."""
+_LOOP_COMPRESSION_RATIO = 1.8
+"""A short-window result this repetitive is redone with the full window."""
 _NOT_SPEECH = re.compile(r"^[\s\W]*$|^\s*[\[(].*[\])]\s*$")
 """Text with no word characters, or only a bracketed sound tag like ``[Music]``."""
+
+
+_WINDOW_MARGIN_FRAMES = 500
+"""Silence (10 ms frames) left after the audio in a shortened encoder window: 5 s. Less made
+the decoder loop on short utterances; with it, accuracy matched the full window."""
+_TOKENS_PER_S = 10
+"""Decoding stops past this many tokens per second of audio (plus 10): a loop cannot run on."""
+
+
+def _windowed_model_class() -> type:
+    """faster-whisper's model with an encoder window fitted to the audio.
+
+    Whisper's encoder always sees 30 s (3000 frames), padding short audio with silence; on 2
+    cores that is 310 ms for any utterance. CTranslate2 encodes shorter windows (1000 frames
+    in 54 ms), which is what whisper.cpp's ``audio_ctx`` does too. ``window_frames`` is set
+    per call by :class:`WhisperStt` (one worker thread uses the model at a time).
+    """
+    from faster_whisper import WhisperModel
+
+    class WindowedWhisperModel(WhisperModel):  # type: ignore[misc]
+        window_frames = 3000
+
+        def encode(self, features: Any) -> Any:
+            if features.shape[-1] > self.window_frames:
+                features = features[..., : self.window_frames]
+            return super().encode(features)
+
+    return WindowedWhisperModel
 
 
 class WhisperStt:
@@ -42,6 +73,7 @@ class WhisperStt:
         cpu_threads: int = 0,
         no_speech_threshold: float = 0.6,
         log_prob_threshold: float = -1.0,
+        fit_window: bool = False,
     ) -> None:
         """Load a CTranslate2 Whisper model.
 
@@ -54,12 +86,14 @@ class WhisperStt:
             cpu_threads: CPU threads; 0 for the physical core count.
             no_speech_threshold: Drop segments more likely silence than this...
             log_prob_threshold: ...whose average log-probability is also below this.
+            fit_window: Encode only the audio plus 5 s of silence instead of 30 s (5x faster
+                on short utterances); a result that looks like a decoding loop is redone
+                with the full window.
 
         Raises:
             ModelError: the model cannot be loaded.
         """
         import ctranslate2
-        from faster_whisper import WhisperModel
 
         if device == "auto":
             device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
@@ -73,9 +107,10 @@ class WhisperStt:
         self.beam_size = beam_size
         self.no_speech_threshold = no_speech_threshold
         self.log_prob_threshold = log_prob_threshold
+        self.fit_window = fit_window
         threads = cpu_threads or physical_cores()
         try:
-            self._model = WhisperModel(
+            self._model = _windowed_model_class()(
                 str(model),
                 device=device,
                 compute_type=compute_type,
@@ -92,6 +127,21 @@ class WhisperStt:
         audio_s = audio.size / _SAMPLE_RATE_HZ
         if audio_s < _MIN_AUDIO_S or _dbfs(audio) < _SILENCE_DBFS:
             return Transcription(text="", language=self.language or "", audio_s=audio_s)
+        frames = audio.size // 160 + _WINDOW_MARGIN_FRAMES
+        if self.fit_window and frames < 3000:
+            result = self._decode(audio, audio_s, frames, int(audio_s * _TOKENS_PER_S) + 10)
+            if result is not None:
+                return result
+            _LOGGER.debug("short-window transcript looked like a loop; using the full window")
+        full = self._decode(audio, audio_s, 3000, None)
+        assert full is not None
+        return full
+
+    def _decode(
+        self, audio: np.ndarray, audio_s: float, frames: int, max_tokens: int | None
+    ) -> Transcription | None:
+        """Decode with an encoder window of ``frames``; None when a short window misbehaved."""
+        self._model.window_frames = frames
         try:
             segments, info = self._model.transcribe(
                 audio,
@@ -106,11 +156,18 @@ class WhisperStt:
                 no_speech_threshold=self.no_speech_threshold,
                 log_prob_threshold=self.log_prob_threshold,
                 compression_ratio_threshold=_MAX_COMPRESSION_RATIO,
+                max_new_tokens=max_tokens,
             )
             texts: list[str] = []
             worst_no_speech = 0.0
             # The segments are a lazy generator: decoding happens here, in the caller's thread.
+            tokens = 0
             for segment in segments:
+                tokens += len(segment.tokens)
+                if max_tokens is not None and (
+                    segment.compression_ratio > _LOOP_COMPRESSION_RATIO or tokens >= max_tokens
+                ):
+                    return None
                 worst_no_speech = max(worst_no_speech, segment.no_speech_prob)
                 if (
                     segment.no_speech_prob > self.no_speech_threshold
@@ -123,6 +180,8 @@ class WhisperStt:
         except Exception as error:  # decoding errors come from ctranslate2 as RuntimeError etc.
             raise EngineError(f"speech recognition failed: {error}") from error
         text = " ".join(t for t in texts if t).strip()
+        if max_tokens is not None and _repeats(text):
+            return None
         if _NOT_SPEECH.match(text):
             text = ""
         return Transcription(
@@ -131,6 +190,19 @@ class WhisperStt:
             audio_s=audio_s,
             no_speech_prob=worst_no_speech,
         )
+
+
+def _repeats(text: str, n: int = 4) -> bool:
+    """True when some run of ``n`` words occurs twice: the short-window decoding loop
+    ("What is the weather like in London today? What is the weather like in London")."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
 
 
 def _dbfs(audio: np.ndarray) -> float:

@@ -27,6 +27,8 @@ class PiperTts:
         speaking_rate: float = 1.0,
         use_cuda: bool = False,
         threads: int = 0,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
     ) -> None:
         """Load a Piper ``.onnx`` voice (its ``.onnx.json`` config beside it).
 
@@ -36,6 +38,9 @@ class PiperTts:
             speaking_rate: 1.0 natural; 1.2 is 20% faster.
             use_cuda: Run on CUDA (needs onnxruntime-gpu).
             threads: onnxruntime intra-op threads; 0 for the physical core count.
+            noise_scale: Generator noise (None: the voice's own); 0 with ``noise_w_scale`` 0
+                makes the output identical on every run (the tests use that).
+            noise_w_scale: Phoneme length noise (None: the voice's own).
 
         Raises:
             ModelError: the voice cannot be loaded.
@@ -55,6 +60,10 @@ class PiperTts:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads or physical_cores()
             options.inter_op_num_threads = 1
+            # Idle onnxruntime threads spin by default; on a small machine that spinning takes
+            # the cores the chat model and Whisper need between sentences.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
             providers = ["CUDAExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
             session = onnxruntime.InferenceSession(
                 str(path), sess_options=options, providers=providers
@@ -70,6 +79,8 @@ class PiperTts:
         self.name = path.stem
         """The voice's name."""
         self._length_scale = float(config.length_scale or 1.0)
+        self._noise_scale = noise_scale
+        self._noise_w_scale = noise_w_scale
         _LOGGER.info("piper voice %s at %d Hz", self.name, self.sample_rate_hz)
 
     def synthesize(
@@ -86,6 +97,8 @@ class PiperTts:
         config = SynthesisConfig(
             speaker_id=self._speaker,
             length_scale=self._length_scale / rate,
+            noise_scale=self._noise_scale,
+            noise_w_scale=self._noise_w_scale,
         )
         if not text.strip():
             return
