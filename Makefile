@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 PYTEST_ARGS ?=
 
-.PHONY: all setup run test lint typecheck models system system-test bench clean
+.PHONY: all setup run test lint typecheck models system system-test bench bench-reference clean
 
 all: setup
 
@@ -48,7 +48,18 @@ test: system-test $(STAMP) models lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/voicebot bench
+	$(BIN)/voicebot bench --json bench-results.json
+
+# llama.cpp for the benchmark's reference run (a 10-minute compile on 2 cores). The native
+# build crashes on CPUs with AMX (seen here), so the SIMD flags are set from /proc/cpuinfo.
+LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	$(if $(shell grep -m1 -o avx512f /proc/cpuinfo 2>/dev/null),-DGGML_AVX512=ON) \
+	$(if $(shell grep -m1 -o avx512_vnni /proc/cpuinfo 2>/dev/null),-DGGML_AVX512_VNNI=ON) \
+	$(if $(shell grep -m1 -o avx512_bf16 /proc/cpuinfo 2>/dev/null),-DGGML_AVX512_BF16=ON)
+
+bench-reference: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_FLAGS)" $(BIN)/python -m pip install -q -e '.[bench]'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
