@@ -235,3 +235,22 @@ def test_long_run_is_cut_at_the_limit_when_there_is_no_space() -> None:
     chunker = SpeakableChunker(max_piece_chars=50)
     pieces = chunker.feed("a" * 120) + chunker.flush()
     assert pieces == ["a" * 50, "a" * 50, "a" * 20]
+
+
+def test_first_piece_breaks_before_a_conjunction_when_there_is_no_comma() -> None:
+    chunker = SpeakableChunker()
+    text = "The moon is about 384,000 kilometers away and it takes three days to get there."
+    pieces: list[str] = []
+    for word in text.split(" "):
+        pieces += chunker.feed(word + " ")
+    pieces += chunker.flush()
+    assert pieces == [
+        "The moon is about 384,000 kilometers away",
+        "and it takes three days to get there.",
+    ]
+
+
+def test_first_piece_keeps_short_phrases_whole() -> None:
+    chunker = SpeakableChunker()
+    pieces = chunker.feed("I like dogs and cats. ") + chunker.flush()
+    assert pieces == ["I like dogs and cats."]

@@ -25,6 +25,10 @@ _SPACES = re.compile(r"[ \t\r\f\v]+")
 _NEWLINES = re.compile(r"\s*\n\s*")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,!?;:])")
 _CLAUSE_END = re.compile(r"[,;:\u2014]\s")
+_PHRASE_BREAK = re.compile(
+    r" (?=(?:and|but|or|so|because|which|who|when|while|where|although|though|since|unless)\b)"
+)
+_SPACE_AFTER = re.compile(r"\S+\s")
 _SENTENCE_END = re.compile(r"[.!?\u2026][\"')\]]*\s")
 
 
@@ -157,6 +161,15 @@ class SpeakableChunker:
                 head = buffer[: match.start() + 1]
                 if len(head.split()) >= self.first_piece_min_words:
                     self._buffer = buffer[match.end() :]
+                    return head
+            # No comma yet: a conjunction after a few words is a natural breath too
+            # ("The moon is about 384,000 km away | and it takes three days to get there").
+            for match in _PHRASE_BREAK.finditer(buffer):
+                head = buffer[: match.start()]
+                if len(head.split()) >= self.first_piece_min_words + 1 and _SPACE_AFTER.search(
+                    buffer, match.end()
+                ):
+                    self._buffer = buffer[match.start() + 1 :]
                     return head
         if _SENTENCE_END.search(buffer):
             sentences = _segmenter().segment(buffer)
