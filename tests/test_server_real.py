@@ -98,6 +98,8 @@ async def test_concurrent_clients_get_their_own_answers_and_pings_flow(
     server = await start_server(real_engines, settings)
     questions = ["What is the capital of France?", "How many legs does a spider have?"]
     expected = [("paris",), ("eight", "8")]
+    # Made before the clients start: synthesis in the test's own loop would stall the pings.
+    audio = {q: silence(0.3, RATE) + speech.piper(q) for q in questions}
     rtts: list[float] = []
     try:
         url = f"ws://127.0.0.1:{server.port}/ws"
@@ -106,7 +108,7 @@ async def test_concurrent_clients_get_their_own_answers_and_pings_flow(
             async with connect(url) as ws:
                 await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
                 await ws.recv()
-                frames = await turn(ws, silence(0.3, RATE) + speech.piper(question))
+                frames = await turn(ws, audio[question])
                 transcript = next(
                     f for f in frames if isinstance(f, dict) and f["type"] == "transcript"
                 )
