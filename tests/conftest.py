@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +99,33 @@ def speech(real_engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> S
 def run_async(coro: object, timeout_s: float = 60.0) -> object:
     """Run a coroutine with a timeout (for sync tests)."""
     return asyncio.run(asyncio.wait_for(coro, timeout_s))  # type: ignore[arg-type]
+
+
+class Recorder:
+    """A session sink that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    async def __call__(self, event: Any) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list[Any]:
+        """The events of one type, in order."""
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def texts(self, kind: type) -> list[str]:
+        """The ``text`` of the events of one type."""
+        return [e.text for e in self.of(kind)]
+
+
+async def paced(pcm: bytes, chunk_s: float = 0.02, speed: float = 1.0) -> AsyncIterator[bytes]:
+    """Yield 16 kHz audio in chunks at (a multiple of) real time."""
+    step = 2 * round(chunk_s * 16000)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, offset in enumerate(range(0, len(pcm), step)):
+        yield pcm[offset : offset + step]
+        delay = start + (i + 1) * chunk_s / speed - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)

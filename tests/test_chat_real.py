@@ -14,27 +14,16 @@ import pytest
 from voicebot.audio import float_to_pcm16, read_audio, silence, write_wav
 from voicebot.config import Settings
 from voicebot.engines import Engines
-from voicebot.events import Event, Interrupted, Metrics, ReplyDone, Transcript
+from voicebot.events import Interrupted, Metrics, ReplyDone, Transcript
 from voicebot.session import Session
 from voicebot.store import Store
 from voicebot.transports.file import feed_recording
 
-from .conftest import REPO, Speech
+from .conftest import REPO, Recorder, Speech
 
 pytestmark = pytest.mark.models
 
 RATE = 16000
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 def three_questions(speech: Speech) -> bytes:

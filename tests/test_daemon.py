@@ -15,7 +15,6 @@ from voicebot.engines import Engines
 from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, FakeWakeWord, tone
 from voicebot.events import (
     AudioOut,
-    Event,
     Interrupted,
     ReplyDone,
     SessionState,
@@ -26,6 +25,8 @@ from voicebot.events import (
 from voicebot.session import Session
 from voicebot.transports.daemon import Daemon, StatusReporter, cue
 
+from .conftest import Recorder, paced
+
 RATE = 16000
 
 
@@ -35,28 +36,6 @@ def wake_word() -> bytes:
 
 def speech(seconds: float = 0.8) -> bytes:
     return tone(seconds, hz=220.0)
-
-
-async def paced(pcm: bytes, chunk_s: float = 0.02) -> AsyncIterator[bytes]:
-    step = 2 * round(chunk_s * RATE)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    for i, offset in enumerate(range(0, len(pcm), step)):
-        yield pcm[offset : offset + step]
-        delay = start + (i + 1) * chunk_s - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 def make_daemon(

@@ -17,7 +17,7 @@ from voicebot.audio import silence, write_wav
 from voicebot.config import DaemonSettings, Settings
 from voicebot.engines import Engines
 from voicebot.engines.wake import MicroWakeWordDetector
-from voicebot.events import Event, ReplyDone, Transcript, WakeWordDetected
+from voicebot.events import ReplyDone, Transcript, WakeWordDetected
 from voicebot.session import Session
 from voicebot.store import Store
 from voicebot.transports.daemon import Daemon
@@ -25,22 +25,11 @@ from voicebot.transports.file import chunks_paced
 from voicebot.transports.satellite import RemoteConversation
 from voicebot.transports.websocket import VoiceServer
 
-from .conftest import REPO, Speech
+from .conftest import REPO, Recorder, Speech
 
 pytestmark = pytest.mark.models
 
 RATE = 16000
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def texts(self, kind: type) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, kind)]
 
 
 def wake(speech: Speech) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, tone
 from voicebot.events import (
     AudioOut,
     ErrorEvent,
-    Event,
     Interrupted,
     Metrics,
     ReplyDone,
@@ -30,7 +28,7 @@ from voicebot.events import (
 from voicebot.session import Session
 from voicebot.store import Store
 
-from .conftest import make_settings
+from .conftest import Recorder, make_settings, paced
 
 RATE = 16000
 
@@ -44,29 +42,6 @@ def fake_engines(
         tts=tts or FakeTts(),
         vad_factory=FakeVad,
     )
-
-
-async def paced(pcm: bytes, chunk_s: float = 0.02, speed: float = 1.0) -> AsyncIterator[bytes]:
-    """Yield audio in chunks at (a multiple of) real time."""
-    step = 2 * round(chunk_s * RATE)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    for i, offset in enumerate(range(0, len(pcm), step)):
-        yield pcm[offset : offset + step]
-        delay = start + (i + 1) * chunk_s / speed - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 async def test_one_turn_events_in_order(settings: Settings) -> None:

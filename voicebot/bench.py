@@ -31,6 +31,7 @@ from .config import Settings
 from .engines import Engines, Message, load_engines
 from .events import Event, Metrics
 from .session import Session
+from .transports.file import chunks_paced
 
 __all__ = ["BenchOptions", "run_bench"]
 
@@ -333,15 +334,10 @@ async def _paced_session(
 
     session = Session(engines, settings, sink=sink, barge_in=False)
     await session.start()
-    step = 2 * RATE // 50
     for utterance in utterances:
         pcm = silence(0.3, RATE) + utterance.pcm + silence(gap_s, RATE)
-        start = time.perf_counter()
-        for index, offset in enumerate(range(0, len(pcm), step)):
-            delay = start + index * 0.02 - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await session.feed(pcm[offset : offset + step])
+        async for chunk in chunks_paced(pcm, RATE):
+            await session.feed(chunk)
         await session.wait_idle()
     await session.close()
     return turns.metrics

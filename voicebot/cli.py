@@ -535,12 +535,10 @@ async def _client(args: argparse.Namespace) -> int:
 
     async def send() -> None:
         if args.input:
-            step = 2 * rate // 50
-            for index, offset in enumerate(range(0, len(recording), step)):
-                delay = started + index * 0.02 - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await client.send_audio(recording[offset : offset + step])
+            from .transports.file import chunks_paced
+
+            async for chunk in chunks_paced(recording, rate):
+                await client.send_audio(chunk)
             await client.stop()
         else:
             async for chunk in mic.chunks():
