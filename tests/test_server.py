@@ -415,3 +415,19 @@ async def test_browser_origins_are_checked(
             assert refused.value.response.status_code == 403
     finally:
         await server.close()
+
+
+def test_serve_refuses_an_open_bind_without_a_token_before_loading(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "voicebot", "serve", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "VOICEBOT_MODELS": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert "set a token" in result.stderr
+    assert "loading" not in result.stderr  # refused before any model is touched

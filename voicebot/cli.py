@@ -458,9 +458,10 @@ def _run_until_signal(main: Any, *, graceful: bool = False) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .engines import load_engines
-    from .transports.websocket import VoiceServer
+    from .transports.websocket import VoiceServer, check_server_settings
 
     settings = _settings(args)
+    check_server_settings(settings)
     store = _open_store(settings)
     started = time.perf_counter()
     print("voicebot: loading and warming up the models...", file=sys.stderr, flush=True)

@@ -46,7 +46,7 @@ from ..protocol import (
 from ..session import Session
 from ..store import Store
 
-__all__ = ["CLOSE_SERVER_FULL", "VoiceServer", "web_root"]
+__all__ = ["CLOSE_SERVER_FULL", "VoiceServer", "check_server_settings", "web_root"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,6 +77,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_server_settings(settings: Settings) -> None:
+    """Refuse unsafe or incomplete server settings (before any model is loaded).
+
+    Raises:
+        ConfigError: beyond loopback without a token, half a TLS setup, unreadable TLS files.
+    """
+    server = settings.server
+    if not is_loopback(server.host) and not server.token:
+        raise ConfigError(
+            f"binding to {server.host} exposes the assistant to the network: set a token "
+            "(--token or VOICEBOT_SERVER_TOKEN)"
+        )
+    if bool(server.certfile) != bool(server.keyfile):
+        raise ConfigError("TLS needs both --certfile and --keyfile")
+    for name in (server.certfile, server.keyfile):
+        if name and not Path(name).is_file():
+            raise ConfigError(f"cannot read {name}: no such file")
+
+
 @dataclass
 class _Stats:
     sessions_total: int = 0
@@ -104,14 +123,7 @@ class VoiceServer:
         self.store = store
         self.web_dir = (web_dir or web_root()).resolve()
         """Root of the static files."""
-        server = settings.server
-        if not is_loopback(server.host) and not server.token:
-            raise ConfigError(
-                f"binding to {server.host} exposes the assistant to the network: set a token "
-                "(--token or VOICEBOT_SERVER_TOKEN)"
-            )
-        if bool(server.certfile) != bool(server.keyfile):
-            raise ConfigError("TLS needs both --certfile and --keyfile")
+        check_server_settings(settings)
         self.sessions: dict[ServerConnection, Session] = {}
         """Live sessions by connection."""
         self._server: Server | None = None
