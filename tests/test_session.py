@@ -348,3 +348,21 @@ async def test_an_unfinished_sentence_waits_for_the_full_silence(settings: Setti
     session = Session(fake_engines(FakeStt(["I want to"])), settings, sink=recorder)
     await asyncio.wait_for(session.run(paced(tone(0.8) + silence(1.2, RATE))), 10)
     assert recorder.of(Metrics)[0].values_ms["end_of_turn"] >= 580
+
+
+async def test_a_reply_stops_after_max_reply_seconds(settings: Settings) -> None:
+    long_reply = " ".join(f"Sentence number {i} is here." for i in range(1, 30))
+    short = replace(
+        settings,
+        llm=replace(settings.llm, max_sentences=0),
+        session=replace(settings.session, max_reply_s=1.0),
+    )
+    recorder = Recorder()
+    session = Session(
+        fake_engines(llm=FakeChat([long_reply])), short, sink=recorder, realtime_playback=False
+    )
+    await session.start()
+    await session.send_text("talk")
+    await asyncio.wait_for(session.wait_idle(), 10)
+    audio_s = sum(len(e.pcm) / 2 / e.sample_rate_hz for e in recorder.of(AudioOut))
+    assert 1.0 <= audio_s < 1.0 + 0.6  # the piece that crossed the limit, and no more

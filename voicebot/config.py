@@ -176,7 +176,7 @@ class SessionSettings:
     speculative_stt: bool = True
     """Start transcribing when silence begins, before the end of turn is confirmed."""
     max_reply_s: float = 60.0
-    """Stop a reply that has spoken this long."""
+    """A reply stops after the piece that brings its audio past this length."""
 
 
 @dataclass(frozen=True)

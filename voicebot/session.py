@@ -176,6 +176,7 @@ class Responder:
                 await pieces.put(None)
 
         writer = asyncio.create_task(write(), name=f"llm-turn-{turn_id}")
+        spoken_s = 0.0
         try:
             while (piece := await pieces.get()) is not None:
                 outcome.pieces.append(piece)
@@ -190,6 +191,10 @@ class Responder:
                         AudioOut(turn_id, pcm, self.voice.sample_rate_hz, piece if first else "")
                     )
                     first = False
+                    spoken_s += len(pcm) / 2 / self.voice.sample_rate_hz
+                if spoken_s >= self.settings.session.max_reply_s:
+                    llm_stop.set()  # long enough: no more pieces after this one
+                    break
             await writer
         except BaseException:
             cancel.set()
