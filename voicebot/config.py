@@ -120,7 +120,8 @@ class LlmSettings:
     model: str = "smollm2-135m-instruct"
     """A catalog id, a Hugging Face model directory, or a hub name (needs network)."""
     backend: str = "transformers"
-    """``transformers`` (default, works everywhere) or ``llama-cpp`` (optional, GGUF)."""
+    """The chat engine; ``transformers`` is the only one (llama.cpp is used by the benchmark
+    as a reference, not as a backend: docs/benchmarks.md)."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
     dtype: str = "auto"
