@@ -199,3 +199,25 @@ def test_a_repeated_phrase_is_recognised_as_a_decoding_loop() -> None:
 
     assert _repeats("What is the weather like in London today? What is the weather like in")
     assert not _repeats("What is the weather like in London today?")
+
+
+def test_another_chat_model_is_used_by_configuration_alone(tmp_path) -> None:
+    from dataclasses import replace
+
+    from voicebot.engines import load_llm
+    from voicebot.engines.llm import TransformersChat
+
+    from .conftest import make_settings
+
+    # A model named by its directory (as a user's bigger model would be), dense weights.
+    directory = REPO / "models" / "smollm2-135m-instruct" / "hf"
+    settings = make_settings(tmp_path)
+    settings = replace(settings, llm=replace(settings.llm, model=str(directory), weights="int8"))
+    llm = load_llm(settings)
+    assert isinstance(llm, TransformersChat) and llm.weights == "int8"
+    reply = "".join(
+        llm.stream(
+            [{"role": "user", "content": "What is the capital of France?"}], threading.Event()
+        )
+    )
+    assert "paris" in reply.lower()

@@ -216,3 +216,21 @@ def test_cli_reports_a_missing_model_in_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "voicebot models pull whisper-tiny.en" in lines[0]
+
+
+def test_model_references_resolve_to_catalog_paths_local_paths_or_hub_names(tmp_path: Path) -> None:
+    from voicebot.engines import resolve_model
+
+    manager = ModelManager(root=REPO / "models", progress=False)
+    assert (
+        resolve_model("whisper-tiny.en", "stt", manager)
+        == REPO / "models" / "whisper-tiny.en" / "."
+    )
+    assert resolve_model(str(tmp_path), "llm", manager) == tmp_path
+    assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct", "llm", manager) == (
+        "HuggingFaceTB/SmolLM2-360M-Instruct"
+    )
+    with pytest.raises(ModelNotFoundError, match="is a stt model, not llm"):
+        resolve_model("whisper-tiny.en", "llm", manager)
+    with pytest.raises(ModelNotFoundError, match="unknown tts model 'nope'"):
+        resolve_model("nope", "tts", manager)
