@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 PYTEST_ARGS ?=
 
-.PHONY: all setup run test lint typecheck models system system-test bench bench-reference clean
+.PHONY: all setup run test lint typecheck models system system-test bench bench-reference llamacpp clean
 
 all: setup
 
@@ -44,22 +44,31 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check voicebot tests
 	$(BIN)/mypy
 
-test: system-test $(STAMP) models lint
+test: system-test $(STAMP) $(LLAMA_STAMP) models lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/voicebot bench --json bench-results.json
 
-# llama.cpp for the benchmark's reference run (a 10-minute compile on 2 cores). The native
-# build crashes on CPUs with AMX (seen here), so the SIMD flags are set from /proc/cpuinfo.
+# llama-cpp-python: the optional llama-cpp chat backend (`[llm] backend = "llama-cpp"`) and the
+# benchmark's reference run; the tests cover it. It compiles llama.cpp (several minutes on 2
+# cores). The native build crashes on CPUs with AMX (seen here), so the SIMD flags are set from
+# /proc/cpuinfo; the multimodal library is not needed.
+LLAMA_STAMP := $(VENV)/.llamacpp
 LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF \
 	$(if $(shell grep -m1 -o avx512f /proc/cpuinfo 2>/dev/null),-DGGML_AVX512=ON) \
 	$(if $(shell grep -m1 -o avx512_vnni /proc/cpuinfo 2>/dev/null),-DGGML_AVX512_VNNI=ON) \
 	$(if $(shell grep -m1 -o avx512_bf16 /proc/cpuinfo 2>/dev/null),-DGGML_AVX512_BF16=ON)
 
-bench-reference: $(STAMP)
-	CMAKE_ARGS="$(LLAMA_FLAGS)" $(BIN)/python -m pip install -q -e '.[bench]'
+$(LLAMA_STAMP): $(STAMP)
+	@scripts/install-system-deps.sh --build
+	CMAKE_ARGS="$(LLAMA_FLAGS)" $(BIN)/python -m pip install -q --no-cache-dir -e '.[llamacpp]'
+	touch $(LLAMA_STAMP)
+
+llamacpp: $(LLAMA_STAMP)
+
+bench-reference: llamacpp
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

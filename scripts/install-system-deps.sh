@@ -6,13 +6,21 @@
 #   libasound2-plugins  lets PortAudio's ALSA backend reach PulseAudio
 #   chromium       the headless browser for the browser-client test
 #   systemd        systemd-analyze, to verify the shipped unit file
-# Usage: scripts/install-system-deps.sh [--test]   (--test adds the test-only packages)
+#   g++            compiles llama.cpp for the optional llama-cpp chat backend (`make llamacpp`)
+# Usage: scripts/install-system-deps.sh [--test] [--build]
+#   --test adds the test-only packages (and the compiler: the tests cover the llama-cpp backend)
+#   --build adds only the compiler
 set -euo pipefail
 
 packages=(libportaudio2)
-if [[ "${1:-}" == "--test" ]]; then
-  packages+=(espeak-ng pulseaudio pulseaudio-utils libasound2-plugins alsa-utils chromium systemd)
-fi
+for option in "$@"; do
+  case "$option" in
+    --test) packages+=(espeak-ng pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
+                       chromium systemd g++) ;;
+    --build) packages+=(g++) ;;
+    *) echo "usage: $0 [--test] [--build]" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

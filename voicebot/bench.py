@@ -110,6 +110,17 @@ def _peak_rss_mb() -> float:
 def make_utterances(engines: Engines, options: BenchOptions) -> list[Utterance]:
     """Speech in several voices and lengths, made by Piper and espeak-ng, plus user WAVs."""
     out: list[Utterance] = []
+    voices = _voices(engines)
+    for i, text in enumerate(QUESTIONS):
+        name, speak_fn = voices[i % len(voices)]
+        out.append(Utterance(f"{name}: {text}", speak_fn(text), text))
+    for path in options.wavs:
+        out.append(Utterance(Path(path).name, read_audio(path, RATE)))
+    return out
+
+
+def _voices(engines: Engines) -> list[tuple[str, Callable[[str], bytes]]]:
+    """Piper at two speeds and, when installed, two espeak-ng voices: 16 kHz PCM16 makers."""
     tts = engines.tts
     voices: list[tuple[str, Callable[[str], bytes]]] = []
     for rate in (0.85, 1.15):
@@ -133,12 +144,63 @@ def make_utterances(engines: Engines, options: BenchOptions) -> list[Utterance]:
                     return read_audio(tmp.name, RATE)
 
             voices.append((f"espeak {voice}", speak))
-    for i, text in enumerate(QUESTIONS):
-        name, speak_fn = voices[i % len(voices)]
-        out.append(Utterance(f"{name}: {text}", speak_fn(text), text))
-    for path in options.wavs:
-        out.append(Utterance(Path(path).name, read_audio(path, RATE)))
-    return out
+    return voices
+
+
+_SAME_WORD = {"favourite": "favorite", "colour": "color", "2": "two", "3": "three", "5": "five"}
+
+
+def _words(text: str) -> str:
+    import re
+
+    words = re.findall(r"[a-z0-9']+", text.lower().replace("thirty-four", "34"))
+    return " ".join(_SAME_WORD.get(w, w) for w in words)
+
+
+def stt_accuracy(engines: Engines, log: Callable[[str], None]) -> dict[str, Any]:
+    """Word error rate and time of speech recognition, fitted window against the full one.
+
+    The answer-quality question set (docs/quality.md), 40 sentences, spoken in every voice of
+    :func:`_voices`; each recording transcribed with the encoder window fitted to the audio
+    and with Whisper's fixed 30 s window. Spelling variants (colour/color, 2/two) count as
+    right.
+    """
+    try:
+        import jiwer
+    except ImportError as error:
+        raise RuntimeError("the accuracy run needs jiwer: pip install 'voicebot[dev]'") from error
+    from .quality import FACTUAL, MEMORY
+
+    stt = engines.stt
+    if not hasattr(stt, "fit_window"):
+        raise RuntimeError("the accuracy run compares whisper encoder windows: whisper only")
+    texts = [q for q, _ in FACTUAL] + [s for s, _, _ in MEMORY] + [q for _, q, _ in MEMORY]
+    recordings = [(name, text, speak(text)) for name, speak in _voices(engines) for text in texts]
+    log(f"stt accuracy: {len(recordings)} recordings")
+    saved = stt.fit_window
+    result: dict[str, Any] = {"recordings": len(recordings)}
+    try:
+        for label, fit in (("fitted_window", True), ("full_window", False)):
+            stt.fit_window = fit
+            refs, hyps, times, wrong = [], [], [], []
+            for name, text, pcm in recordings:
+                start = time.perf_counter()
+                heard = stt.transcribe(pcm).text
+                times.append((time.perf_counter() - start) * 1000)
+                refs.append(_words(text))
+                hyps.append(_words(heard) or "-")
+                if refs[-1] != hyps[-1]:
+                    wrong.append(f"{name}: {text!r} -> {heard!r}")
+            result[label] = {
+                "wer": round(jiwer.wer(refs, hyps), 3),
+                "exact": len(recordings) - len(wrong),
+                "ms": summarize(times),
+                "wrong": wrong,
+            }
+            log(f"{label}: WER {result[label]['wer']}, {result[label]['exact']} exact")
+    finally:
+        stt.fit_window = saved
+    return result
 
 
 # ----------------------------------------------------------------------------- stages
@@ -159,6 +221,9 @@ def bench_stt(engines: Engines, utterances: list[Utterance], reference: bool) ->
     if reference and model is not None:
         from .audio import pcm16_to_float
 
+        if hasattr(model, "window_frames"):
+            model.window_frames = 3000  # plain faster-whisper: the full 30 s window
+
         plain = []
         for utterance in utterances:
             start = time.perf_counter()
@@ -174,7 +239,7 @@ def bench_llm(engines: Engines, settings: Settings, options: BenchOptions) -> di
     """Time to first token and decode tokens/s; llama.cpp on the same GGUF when installed."""
     llm = engines.llm
     ttft, rates = [], []
-    tokenizer = getattr(llm, "_tokenizer", None)
+    count_text_tokens = getattr(llm, "count_text_tokens", None)
     for prompt in LLM_PROMPTS:
         messages: list[Message] = [
             {"role": "system", "content": settings.get_profile().prompt()},
@@ -196,7 +261,7 @@ def bench_llm(engines: Engines, settings: Settings, options: BenchOptions) -> di
             if saved is not None:
                 llm.max_new_tokens = saved  # type: ignore[attr-defined]
         end = time.perf_counter()
-        tokens = len(tokenizer(text)["input_ids"]) if tokenizer is not None else len(text.split())
+        tokens = count_text_tokens(text) if count_text_tokens else len(text.split())
         if first is not None:
             ttft.append((first - start) * 1000)
             if tokens > 1 and end > first:
@@ -247,7 +312,7 @@ def _llama_cpp_reference(settings: Settings, options: BenchOptions) -> dict[str,
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        return {"skipped": "llama-cpp-python is not installed (make bench-reference)"}
+        return {"skipped": "llama-cpp-python is not installed (make llamacpp)"}
     from .engines._hardware import physical_cores
     from .models import ModelManager, default_models_dir
 

@@ -63,6 +63,12 @@ def _add_engine_flags(parser: argparse.ArgumentParser, *, stt: bool, llm: bool, 
         group.add_argument(
             "--llm-device", dest="llm.device", metavar="DEV", help="auto, cpu or cuda"
         )
+        group.add_argument(
+            "--llm-backend",
+            dest="llm.backend",
+            choices=("transformers", "llama-cpp"),
+            help="chat engine (default transformers; llama-cpp needs `make llamacpp`)",
+        )
         group.add_argument("--max-new-tokens", dest="llm.max_new_tokens", type=int, metavar="N")
     if tts:
         group.add_argument(
@@ -791,11 +797,39 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.quality:
         return _quality(settings, args)
+    if args.stt_accuracy:
+        return _stt_accuracy(settings, args, log)
     results = run_bench(settings, options, log)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"[bench] wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _stt_accuracy(settings: Settings, args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    from .bench import stt_accuracy
+    from .engines import Engines, load_stt, load_tts, make_vad_factory
+    from .engines.fake import FakeChat
+
+    engines = Engines(
+        stt=load_stt(settings),
+        llm=FakeChat(),
+        tts=load_tts(settings),
+        vad_factory=make_vad_factory(settings),
+    )
+    try:
+        result = stt_accuracy(engines, log)
+    except RuntimeError as error:
+        raise VoicebotError(str(error)) from None
+    for label in ("fitted_window", "full_window"):
+        row = result[label]
+        print(
+            f"{label:<14} WER {row['wer']:.3f}  exact {row['exact']}/{result['recordings']}  "
+            f"p50 {row['ms']['p50']:.0f} ms  p95 {row['ms']['p95']:.0f} ms"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -1083,6 +1117,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quality",
         action="store_true",
         help="only the answer-quality question set (docs/quality.md)",
+    )
+    bench.add_argument(
+        "--stt-accuracy",
+        action="store_true",
+        help="only speech recognition accuracy, fitted vs full encoder window",
     )
     bench.add_argument(
         "--no-reference",

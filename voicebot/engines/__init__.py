@@ -179,12 +179,25 @@ def load_llm(
     settings: Settings, manager: ModelManager | None = None, reference: str = ""
 ) -> ChatModel:
     """Load the configured chat model (or ``reference`` instead)."""
-    from .llm import TransformersChat
-
     manager = manager or model_manager(settings)
     path = resolve_model(reference or settings.llm.model, "llm", manager)
+    if settings.llm.backend == "llama-cpp":
+        from .llm_llamacpp import LlamaCppChat
+
+        return LlamaCppChat(
+            path,
+            max_new_tokens=settings.llm.max_new_tokens,
+            temperature=settings.llm.temperature,
+            repetition_penalty=settings.llm.repetition_penalty,
+            threads=settings.llm.threads,
+            context_tokens=settings.llm.context_tokens,
+        )
     if settings.llm.backend != "transformers":
-        raise ConfigError(f"unknown chat backend {settings.llm.backend!r} (known: transformers)")
+        raise ConfigError(
+            f"unknown chat backend {settings.llm.backend!r} (known: transformers, llama-cpp)"
+        )
+    from .llm import TransformersChat
+
     return TransformersChat(
         path,
         device=settings.llm.device,

@@ -151,6 +151,10 @@ class TransformersChat:
             ids = ids["input_ids"]
         return len(ids)
 
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens in a piece of plain text (for the benchmark's tokens/s)."""
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def stream(self, messages: Sequence[Message], cancel: threading.Event) -> Iterator[str]:
         """Yield the reply in text fragments as the model writes it.
 

@@ -1,0 +1,169 @@
+"""The optional llama.cpp chat backend on the embedded GGUF: same contract as transformers.
+
+`make test` builds llama-cpp-python (`make llamacpp`), so these tests run in CI; a missing
+package fails them, it never skips them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp  # noqa: F401  (fail loudly when `make llamacpp` did not run)
+import pytest
+
+from voicebot.audio import read_audio, write_wav
+from voicebot.config import Settings
+from voicebot.engines import Engines, load_llm
+from voicebot.engines.llm_llamacpp import LlamaCppChat, find_gguf
+from voicebot.errors import ModelError
+
+from .conftest import REPO, Speech, make_settings
+from .test_cli import voicebot
+
+pytestmark = pytest.mark.models
+
+GGUF_DIR = REPO / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppChat]:
+    settings = make_settings(tmp_path_factory.mktemp("llama"), **{"llm.backend": "llama-cpp"})
+    chat = load_llm(settings)
+    assert isinstance(chat, LlamaCppChat)
+    yield chat
+
+
+SYSTEM = {"role": "system", "content": "You are a helpful AI assistant. Keep answers brief."}
+
+
+def test_it_answers_from_the_catalog_gguf(llama: LlamaCppChat) -> None:
+    assert llama.name.endswith(".gguf")
+    fragments = list(
+        llama.stream(
+            [SYSTEM, {"role": "user", "content": "What is the capital of France?"}],
+            threading.Event(),
+        )
+    )
+    assert len(fragments) > 3
+    assert "paris" in "".join(fragments).lower()
+
+
+def test_the_prompt_is_the_models_own_chat_template(
+    llama: LlamaCppChat, real_engines: Engines
+) -> None:
+    # Same template, same tokenizer: both backends count the same prompt tokens, so history is
+    # trimmed to the budget identically.
+    messages = [
+        SYSTEM,
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada!"},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    assert llama.count_tokens(messages) == real_engines.llm.count_tokens(messages)
+
+
+def test_cancelling_stops_within_a_token_and_the_next_reply_is_whole(llama: LlamaCppChat) -> None:
+    cancel = threading.Event()
+    story = [SYSTEM, {"role": "user", "content": "Tell me a long story about a dragon."}]
+    received: list[str] = []
+    for fragment in llama.stream(story, cancel):
+        received.append(fragment)
+        if len(received) == 3:
+            cancel.set()
+    assert len(received) == 3
+    # The cached prompt of the cancelled reply does not leak into the next one.
+    again = "".join(
+        llama.stream(
+            [SYSTEM, {"role": "user", "content": "What is the capital of France?"}],
+            threading.Event(),
+        )
+    )
+    assert "paris" in again.lower()
+    assert "dragon" not in again.lower()
+
+
+def test_replies_stop_at_max_new_tokens(tmp_path: Path) -> None:
+    chat = LlamaCppChat(GGUF_DIR, max_new_tokens=5, threads=1)
+    text = "".join(
+        chat.stream(
+            [SYSTEM, {"role": "user", "content": "Describe the ocean in detail."}],
+            threading.Event(),
+        )
+    )
+    assert 0 < chat.count_text_tokens(text) <= 5
+
+
+def test_a_model_without_a_gguf_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="needs a .gguf file"):
+        find_gguf(tmp_path)
+    (tmp_path / "a.gguf").write_bytes(b"")
+    (tmp_path / "b.gguf").write_bytes(b"")
+    with pytest.raises(ModelError, match="several GGUF files"):
+        find_gguf(tmp_path)
+    (tmp_path / "b.gguf").unlink()
+    (tmp_path / "a.gguf").write_bytes(b"not a gguf at all")
+    with pytest.raises(ModelError, match="cannot load chat model"):
+        LlamaCppChat(tmp_path / "a.gguf")
+
+
+def test_without_llama_cpp_python_the_error_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(ModelError, match="make llamacpp"):
+        LlamaCppChat(GGUF_DIR)
+
+
+async def test_a_voice_session_on_llama_cpp_remembers_the_user(
+    llama: LlamaCppChat, real_engines: Engines, settings: Settings, speech: Speech
+) -> None:
+    from voicebot.audio import silence
+    from voicebot.events import ReplyDone, Transcript
+    from voicebot.session import Session
+    from voicebot.store import Store
+    from voicebot.transports.file import feed_recording
+
+    from .conftest import Recorder
+
+    engines = Engines(
+        stt=real_engines.stt,
+        llm=llama,
+        tts=real_engines.tts,
+        vad_factory=real_engines.vad_factory,
+    )
+    engines._workers = real_engines._workers  # share the model threads  # noqa: SLF001
+    recorder = Recorder()
+    session = Session(engines, settings, sink=recorder, store=Store(settings.database_path()))
+    await session.start()
+    gap = silence(6.0, 16000)
+    audio = (
+        silence(0.5, 16000)
+        + speech.piper("My name is Ada.", rate=0.9)
+        + gap
+        + speech.piper("What is my name?", rate=0.9)
+        + gap
+    )
+    await feed_recording(session, audio, 16000)
+    await session.close()
+    heard = [t.text for t in recorder.of(Transcript) if t.final]
+    assert heard == ["My name is Ada.", "What is my name?"]
+    replies = recorder.texts(ReplyDone)
+    assert len(replies) == 2
+    assert "ada" in replies[1].lower(), replies
+
+
+def test_reply_command_on_llama_cpp_answers_out_loud(speech: Speech, tmp_path: Path) -> None:
+    question = tmp_path / "q.wav"
+    write_wav(question, speech.piper("What is the capital of France?"), 16000)
+    answer = tmp_path / "a.wav"
+    result = voicebot(
+        "reply", str(question), "-o", str(answer), "--llm-backend", "llama-cpp", data=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    reply = result.stdout.splitlines()[1].split(": ", 1)[1]
+    assert "paris" in reply.lower()
+    heard = speech.engines.stt.transcribe(read_audio(answer, 16000)).text.lower()
+    assert "paris" in heard
