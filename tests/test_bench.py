@@ -1,0 +1,61 @@
+"""`voicebot bench` runs end to end on the real models and reports what it measured.
+
+Only that it measures (numbers present, turns answered): speed itself is reported in
+docs/benchmarks.md, never asserted by a timed test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .test_cli import voicebot
+
+pytestmark = pytest.mark.models
+
+
+def test_bench_measures_every_stage_and_the_voice_to_voice_latency(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = voicebot(
+        "bench", "--turns", "2", "--sessions", "2", "--json", str(out), data=tmp_path, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["startup"]["ready_s"] > 0
+    assert results["stt"]["ms"]["n"] == 6  # six spoken questions, each transcribed
+    assert results["llm"]["tokens_per_s"]["p50"] > 0
+    # The reference runs happened in the same benchmark: plain faster-whisper and llama.cpp.
+    assert results["stt"]["reference_faster_whisper_ms"]["n"] == 6
+    assert results["llm"]["reference_llama_cpp"]["tokens_per_s"]["p50"] > 0
+    assert results["tts"]["first_audio_ms"]["p50"] > 0
+    # Every spoken turn got a spoken reply, in process and over the websocket (2 sessions).
+    assert results["in_process"]["voice_to_voice"]["n"] == 2
+    websocket = results["websocket"]["2"]
+    assert websocket["voice_to_voice_ms"]["n"] == 4
+    assert websocket["server_stages_ms"]["stt"]["n"] == 4
+    assert "voice-to-voice" in result.stdout
+
+
+def test_bench_on_the_llama_cpp_backend_reports_it(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = voicebot(
+        "bench",
+        "--llm-backend",
+        "llama-cpp",
+        "--turns",
+        "1",
+        "--sessions",
+        "1",
+        "--no-reference",
+        "--json",
+        str(out),
+        data=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["llm"]["backend"] == "LlamaCppChat"
+    assert results["llm"]["tokens_per_s"]["p50"] > 0
+    assert results["in_process"]["voice_to_voice"]["n"] == 1
