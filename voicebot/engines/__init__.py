@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import Settings
 from ..errors import ConfigError, ModelNotFoundError
@@ -181,32 +182,24 @@ def load_llm(
     """Load the configured chat model (or ``reference`` instead)."""
     manager = manager or model_manager(settings)
     path = resolve_model(reference or settings.llm.model, "llm", manager)
-    if settings.llm.backend == "llama-cpp":
+    llm = settings.llm
+    # What both backends take.
+    decoding: dict[str, Any] = {
+        "max_new_tokens": llm.max_new_tokens,
+        "temperature": llm.temperature,
+        "repetition_penalty": llm.repetition_penalty,
+        "threads": llm.threads,
+    }
+    if llm.backend == "llama-cpp":
         from .llm_llamacpp import LlamaCppChat
 
-        return LlamaCppChat(
-            path,
-            max_new_tokens=settings.llm.max_new_tokens,
-            temperature=settings.llm.temperature,
-            repetition_penalty=settings.llm.repetition_penalty,
-            threads=settings.llm.threads,
-            context_tokens=settings.llm.context_tokens,
-        )
-    if settings.llm.backend != "transformers":
-        raise ConfigError(
-            f"unknown chat backend {settings.llm.backend!r} (known: transformers, llama-cpp)"
-        )
+        return LlamaCppChat(path, context_tokens=llm.context_tokens, **decoding)
+    if llm.backend != "transformers":
+        raise ConfigError(f"unknown chat backend {llm.backend!r} (known: transformers, llama-cpp)")
     from .llm import TransformersChat
 
     return TransformersChat(
-        path,
-        device=settings.llm.device,
-        dtype=settings.llm.dtype,
-        max_new_tokens=settings.llm.max_new_tokens,
-        temperature=settings.llm.temperature,
-        repetition_penalty=settings.llm.repetition_penalty,
-        threads=settings.llm.threads,
-        weights=settings.llm.weights,
+        path, device=llm.device, dtype=llm.dtype, weights=llm.weights, **decoding
     )
 
 
