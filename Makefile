@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLAMA_STAMP := $(VENV)/.llamacpp
 # The CPU build of torch. On a machine with an NVIDIA GPU use for example:
 #   make run TORCH=torch TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH ?= torch==2.13.0
@@ -54,7 +55,6 @@ bench: setup
 # benchmark's reference run; the tests cover it. It compiles llama.cpp (several minutes on 2
 # cores). The native build crashes on CPUs with AMX (seen here), so the SIMD flags are set from
 # /proc/cpuinfo; the multimodal library is not needed.
-LLAMA_STAMP := $(VENV)/.llamacpp
 LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF \
 	$(if $(shell grep -m1 -o avx512f /proc/cpuinfo 2>/dev/null),-DGGML_AVX512=ON) \

@@ -129,7 +129,8 @@ class LlamaCppChat:
         return text
 
     def _prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        prompt = self._format(messages=list(messages)).prompt  # type: ignore[arg-type]
+        chat: Any = list(messages)  # llama_cpp's own message TypedDicts, same shape
+        prompt = self._format(messages=chat).prompt
         # The template writes the special tokens itself (its own BOS included, if any).
         tokens: list[int] = self._llama.tokenize(
             prompt.encode("utf-8"), add_bos=False, special=True
