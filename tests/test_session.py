@@ -366,3 +366,132 @@ async def test_a_reply_stops_after_max_reply_seconds(settings: Settings) -> None
     await asyncio.wait_for(session.wait_idle(), 10)
     audio_s = sum(len(e.pcm) / 2 / e.sample_rate_hz for e in recorder.of(AudioOut))
     assert 1.0 <= audio_s < 1.0 + 0.6  # the piece that crossed the limit, and no more
+
+
+async def test_half_duplex_hears_the_user_go_on_while_the_reply_is_still_written(
+    settings: Settings,
+) -> None:
+    # "Set a timer." ends like a sentence, so the turn ends early; the user goes on before
+    # anything has played. Half-duplex only ignores the microphone while the bot's sound
+    # plays, so the continuation is heard and the reply answers the whole turn.
+    stt = FakeStt(["Set a timer.", "for ten minutes"])
+    llm = FakeChat(["Sure thing, a timer.", "A timer for ten minutes."], token_delay_s=0.4)
+    recorder = Recorder()
+    session = Session(
+        fake_engines(stt, llm),
+        replace(settings, llm=replace(settings.llm, max_sentences=0)),
+        sink=recorder,
+        barge_in=False,
+    )
+    pcm = tone(0.8) + silence(0.45, RATE) + tone(0.8) + silence(2.5, RATE)
+    await asyncio.wait_for(session.run(paced(pcm)), 20)
+
+    assert [e.text for e in recorder.of(Transcript)] == ["Set a timer.", "for ten minutes"]
+    assert llm.prompts[-1][-1] == {"role": "user", "content": "Set a timer. for ten minutes"}
+    # Nothing of the first, abandoned reply was played or remembered.
+    assert recorder.of(Interrupted)[0].heard_text == ""
+    assert [t.role for t in session.dialogue.turns] == ["user", "user", "assistant"]
+    assert session.dialogue.turns[-1].text == "A timer for ten minutes."
+
+
+async def test_half_duplex_still_ignores_the_echo_tail_after_the_reply(
+    settings: Settings,
+) -> None:
+    stt = FakeStt(["question", "echo"])
+    tail = replace(settings, session=replace(settings.session, echo_tail_ms=800))
+    recorder = Recorder()
+    session = Session(
+        fake_engines(stt, FakeChat(["Short."]), FakeTts(seconds_per_char=0.1)),
+        tail,
+        sink=recorder,
+        barge_in=False,
+    )
+    await session.start()
+    await session.send_text("question")
+    # Wait for the reply's sound to end, then "echo" arrives inside the 800 ms tail.
+    await asyncio.wait_for(session.wait_idle(), 10)
+    async for chunk in paced(tone(0.5) + silence(1.0, RATE)):
+        await asyncio.wait_for(session.feed(chunk), 5)
+    await asyncio.wait_for(session.end_of_input(), 10)
+    assert not stt.calls  # the tail was not listened to
+    assert not recorder.of(SpeechStarted)
+
+
+async def test_a_discarded_speculative_transcription_is_cancelled(settings: Settings) -> None:
+    # The STT worker is busy for a while on each call: a speculative transcription of the
+    # first pause that was still queued when the user resumed must never run.
+    stt = FakeStt(lambda pcm: f"{len(pcm)} bytes", delay_s=1.2)
+    recorder = Recorder()
+    session = Session(fake_engines(stt), settings, sink=recorder)
+    pcm = (tone(0.4) + silence(0.3, RATE) + tone(0.4) + silence(0.3, RATE) + tone(0.4)) + silence(
+        2.5, RATE
+    )
+    await asyncio.wait_for(session.run(paced(pcm)), 15)
+    transcripts = recorder.of(Transcript)
+    assert len(transcripts) == 1
+    # Three pauses. The first one's transcription runs ~0.45-1.65 s; the second pause's was
+    # queued behind it and cancelled when speech resumed at 1.4 s; the third is the final.
+    assert len(stt.calls) == 2
+    assert transcripts[0].text == f"{max(len(c) for c in stt.calls)} bytes"
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("stt-speculative")]
+
+
+async def test_a_failing_greeting_is_an_error_event_and_the_session_goes_on(
+    settings: Settings,
+) -> None:
+    class BrokenVoice(FakeTts):
+        def synthesize(self, text, cancel=None, *, speaking_rate=None):  # type: ignore[no-untyped-def]
+            if text.startswith("Hi, I'm"):
+                raise RuntimeError("voice broke")
+            yield from super().synthesize(text, cancel, speaking_rate=speaking_rate)
+
+    recorder = Recorder()
+    session = Session(
+        fake_engines(tts=BrokenVoice()), settings, sink=recorder, realtime_playback=False
+    )
+    await session.start(greet=True)
+    await asyncio.wait_for(session.wait_idle(), 5)
+    errors = recorder.of(ErrorEvent)
+    assert len(errors) == 1 and "voice broke" in errors[0].message
+    assert session.state is SessionState.LISTENING
+    await session.send_text("hi")
+    await asyncio.wait_for(session.wait_idle(), 5)
+    assert recorder.of(ReplyDone)[-1].text
+
+
+async def test_an_interrupted_reply_keeps_its_metrics(settings: Settings, tmp_path: Path) -> None:
+    long_reply = " ".join(f"Sentence number {i} is here." for i in range(1, 9))
+    store = Store(tmp_path / "store.db")
+
+    class AudioRecorder(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first_audio = asyncio.Event()
+
+        async def __call__(self, event: object) -> None:
+            await super().__call__(event)
+            if isinstance(event, AudioOut):
+                self.first_audio.set()
+
+    recorder = AudioRecorder()
+    session = Session(
+        fake_engines(
+            llm=FakeChat([long_reply], token_delay_s=0.05), tts=FakeTts(seconds_per_char=0.05)
+        ),
+        replace(settings, llm=replace(settings.llm, max_sentences=0)),
+        sink=recorder,
+        store=store,
+    )
+    cid = await session.start()
+    await session.send_text("tell me a story")
+
+    await asyncio.wait_for(recorder.first_audio.wait(), 5)
+    await asyncio.sleep(0.3)
+    # The model is still writing (40 words at 50 ms each) when the user cuts in.
+    assert not recorder.of(ReplyDone)
+    await asyncio.wait_for(session.interrupt(), 5)
+    reply = store.turns(cid)[-1]
+    assert reply.role == "assistant" and reply.interrupted
+    assert {"llm_first_token", "first_piece", "first_audio", "voice_to_voice"} <= set(
+        reply.metrics_ms
+    )

@@ -114,6 +114,7 @@ class Responder:
         cancel: threading.Event,
         speak: bool = True,
         started_at: float | None = None,
+        metrics_ms: dict[str, float] | None = None,
     ) -> ReplyOutcome:
         """Stream the reply to the dialogue's last user turn.
 
@@ -128,9 +129,11 @@ class Responder:
             cancel: Set to stop the engines (the caller sets it on barge-in).
             speak: False for text-only replies.
             started_at: ``time.perf_counter()`` reference for the metrics (default: now).
+            metrics_ms: Where stage latencies are written as they happen (so a reply that is
+                interrupted keeps what was measured); a new dict by default.
         """
         t0 = time.perf_counter() if started_at is None else started_at
-        outcome = ReplyOutcome()
+        outcome = ReplyOutcome(metrics_ms={} if metrics_ms is None else metrics_ms)
         llm_worker = self.engines.worker(self.llm, "llm")
         tts_worker = self.engines.worker(self.voice, "tts")
         llm_stop = threading.Event()  # enough sentences, or the reply was cancelled
@@ -215,6 +218,18 @@ class _AnyEvent(threading.Event):
 
     def is_set(self) -> bool:
         return super().is_set() or any(p.is_set() for p in self._parts)
+
+
+def _add_voice_to_voice(metrics_ms: dict[str, float]) -> None:
+    """End of the user's speech to the first reply audio (``first_audio`` is from there)."""
+    if "first_audio" in metrics_ms:
+        metrics_ms["voice_to_voice"] = metrics_ms["first_audio"]
+
+
+def _consume_result(task: asyncio.Task[str]) -> None:
+    """Retrieve a dropped task's outcome, so its failure is logged rather than lost."""
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.debug("speculative transcription failed", exc_info=task.exception())
 
 
 def _chunked(audio: Iterable[bytes], sample_rate_hz: int) -> Iterator[bytes]:
@@ -441,9 +456,9 @@ class Session:
         if self._complete_sentence_heard():
             for event in self._segmenter.end_now():
                 await self._on_segment(event, now)
+        # In half-duplex mode input reaches this point only while nothing is playing.
         if (
-            self.barge_in
-            and self._segmenter.in_speech
+            self._segmenter.in_speech
             and self._reply_in_progress()
             and self._segmenter.voiced_ms >= self.settings.session.barge_in_min_speech_ms
         ):
@@ -483,8 +498,13 @@ class Session:
         self._discard_speculation()
 
     def _is_deaf(self) -> bool:
-        """Half-duplex: the assistant is replying (or just stopped)."""
-        if self._reply_in_progress():
+        """Half-duplex: the assistant is speaking (or just stopped).
+
+        Only the reply's sound can echo back into the microphone: while the reply is still
+        being written nothing plays, so the user is heard (and a continuation of their turn
+        interrupts the reply, which then answers the whole turn).
+        """
+        if self._reply_in_progress() and self._playback.end > 0:
             self._deaf_until = self._playback.end + self.settings.session.echo_tail_ms / 1000
             return True
         if self._clock() < self._deaf_until:
@@ -518,6 +538,7 @@ class Session:
                 task = asyncio.create_task(
                     self._transcribe(event.audio), name=f"stt-speculative-{self._turn_id + 1}"
                 )
+                task.add_done_callback(_consume_result)
                 self._speculative = (len(event.audio), task)
         elif isinstance(event, SpeechResumed):
             self._discard_speculation()
@@ -549,7 +570,9 @@ class Session:
 
     def _discard_speculation(self) -> None:
         if self._speculative is not None:
-            # CTranslate2 cannot be stopped mid-call; the result is simply not used.
+            # Still queued on the STT worker: it never runs. Already running: CTranslate2
+            # cannot be stopped mid-call, so it finishes and its result is dropped.
+            self._speculative[1].cancel()
             self._speculative = None
 
     async def _on_utterance(self, event: UtteranceEnded, now: float) -> None:
@@ -620,11 +643,14 @@ class Session:
             self._reply_open = True
             self._reply_metrics = metrics
             outcome = await self.responder.respond(
-                self.dialogue, turn, self._reply_event, cancel=cancel, started_at=started_at
+                self.dialogue,
+                turn,
+                self._reply_event,
+                cancel=cancel,
+                started_at=started_at,
+                metrics_ms=metrics,
             )
-            metrics.update(outcome.metrics_ms)
-            if "first_audio" in metrics:
-                metrics["voice_to_voice"] = metrics["first_audio"]
+            _add_voice_to_voice(metrics)
             await self._emit(ReplyDone(turn, outcome.text))
             await self._emit(Metrics(turn, dict(metrics)))
             self.metrics.append(dict(metrics))
@@ -675,6 +701,7 @@ class Session:
         if delay > 0:
             await asyncio.sleep(delay)
         if self._reply_turn == turn and self._reply_open:
+            self._arm_echo_tail()
             await self._close_reply(interrupted=False, text=text)
             await self._set_state(SessionState.LISTENING)
 
@@ -685,6 +712,9 @@ class Session:
         heard = text if text is not None else self._playback.heard()
         if not heard.strip():
             return  # nothing was heard: nothing to remember
+        _add_voice_to_voice(self._reply_metrics)
+        if interrupted and self._reply_metrics:
+            _LOGGER.info("interrupted turn metrics (ms): %s", self._reply_metrics)
         turn = self.dialogue.add_assistant(heard, interrupted=interrupted)
         turn.metrics_ms = dict(self._reply_metrics)
         await self._save(turn)
@@ -731,13 +761,23 @@ class Session:
             worker = self.engines.worker(voice, "tts")
             await self._emit(ReplyText(0, text))
             first = True
-            async for pcm in worker.stream(
-                functools.partial(self.responder._speak, text, cancel)  # noqa: SLF001
-            ):
-                await self._reply_event(
-                    AudioOut(0, pcm, voice.sample_rate_hz, text if first else "")
-                )
-                first = False
+            try:
+                async for pcm in worker.stream(
+                    functools.partial(self.responder._speak, text, cancel)  # noqa: SLF001
+                ):
+                    await self._reply_event(
+                        AudioOut(0, pcm, voice.sample_rate_hz, text if first else "")
+                    )
+                    first = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a loop boundary: report, keep the session alive
+                _LOGGER.exception("the greeting failed")
+                code = error.code if isinstance(error, VoicebotError) else "internal"
+                await self._emit(ErrorEvent(code, f"greeting failed: {error}"))
+                await self._close_reply(interrupted=True)
+                await self._set_state(SessionState.LISTENING)
+                return
             await self._emit(ReplyDone(0, text))
             self._finish_task = asyncio.create_task(self._finish_greeting(text), name="greeting")
 
@@ -747,8 +787,15 @@ class Session:
         delay = self._playback.end - self._clock()
         if delay > 0:
             await asyncio.sleep(delay)
+        self._arm_echo_tail()
         await self._close_reply(interrupted=False, text=text)
         await self._set_state(SessionState.LISTENING)
+
+    def _arm_echo_tail(self) -> None:
+        """The reply's sound just ended: half-duplex stays deaf for the room's echo tail."""
+        if not self.barge_in:
+            tail_s = self.settings.session.echo_tail_ms / 1000
+            self._deaf_until = max(self._deaf_until, self._clock() + tail_s)
 
     async def _save(self, turn: Turn) -> None:
         if self.store is None or not self.conversation_id:
