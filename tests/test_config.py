@@ -371,3 +371,46 @@ def test_missing_file_named_by_voicebot_config_in_environ_is_named(tmp_path: Pat
     path = tmp_path / "from-env.toml"
     with pytest.raises(ConfigError, match="from-env.toml"):
         load_settings(environ={"VOICEBOT_CONFIG": str(path)})
+
+
+PIRATE = """
+[profiles.pirate]
+voice = "/voices/pirate.onnx"
+speaking_rate = 0.9
+llm_model = "/models/pirate-llm"
+"""
+
+
+def test_flags_outrank_a_profiles_voice_rate_and_model(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(PIRATE)
+    plain = load_settings(config, environ={}).get_profile("pirate")
+    assert (plain.voice, plain.speaking_rate, plain.llm_model) == (
+        "/voices/pirate.onnx",
+        0.9,
+        "/models/pirate-llm",
+    )
+    flagged = load_settings(
+        config,
+        environ={},
+        overrides={"tts.voice": "/v/other.onnx", "tts.speaking_rate": 1.3, "llm.model": "m"},
+    )
+    pirate = flagged.get_profile("pirate")
+    # The profile falls back to the section's value, which the flag set.
+    assert (pirate.voice, pirate.speaking_rate, pirate.llm_model) == ("", 0.0, "")
+    assert (flagged.tts.voice, flagged.tts.speaking_rate, flagged.llm.model) == (
+        "/v/other.onnx",
+        1.3,
+        "m",
+    )
+
+
+def test_the_environment_outranks_a_profiles_voice_but_not_what_it_leaves_alone(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(PIRATE)
+    settings = load_settings(config, environ={"VOICEBOT_TTS_VOICE": "/v/env.onnx"})
+    pirate = settings.get_profile("pirate")
+    assert pirate.voice == "" and settings.tts.voice == "/v/env.onnx"
+    assert pirate.speaking_rate == 0.9 and pirate.llm_model == "/models/pirate-llm"

@@ -423,6 +423,14 @@ def _read_file(path: Path | None, required: bool) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {error}") from None
 
 
+_PROFILE_OVERRIDES: tuple[tuple[str, str, Any], ...] = (
+    ("tts.voice", "voice", ""),
+    ("tts.speaking_rate", "speaking_rate", 0.0),
+    ("llm.model", "llm_model", ""),
+)
+"""Section settings that a profile may set for itself, the profile field, and its "unset"."""
+
+
 def load_settings(
     config_path: str | Path | None = None,
     *,
@@ -468,6 +476,14 @@ def load_settings(
             name = f"VOICEBOT_{section}_{f.name}".upper()
             if name in env:
                 layered[section][f.name] = env[name]
+    # Keys set by the environment or a flag: both rank above the file, profiles included.
+    above_file = {
+        f"{section}.{f.name}"
+        for section, cls in _SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if f"VOICEBOT_{section}_{f.name}".upper() in env
+    }
+    above_file.update(k for k, v in (overrides or {}).items() if v is not None)
     for key in _TOP_LEVEL:
         name = f"VOICEBOT_{key}".upper()
         if name in env:
@@ -501,9 +517,15 @@ def load_settings(
         profiles[name] = _build_section(Profile, merged, f"{where} [profiles.{name}]")
     for name, profile in profiles.items():
         if name != DEFAULT_PROFILE.name and not profile.system_prompt:
-            profiles[name] = dataclasses.replace(
-                profile, system_prompt=DEFAULT_PROFILE.system_prompt
-            )
+            profile = dataclasses.replace(profile, system_prompt=DEFAULT_PROFILE.system_prompt)
+        # A profile's voice, rate or model comes from the file: `--voice` (or
+        # VOICEBOT_TTS_VOICE) outranks it, so the profile falls back to the section's value.
+        blank = {
+            field: empty
+            for key, field, empty in _PROFILE_OVERRIDES
+            if key in above_file and getattr(profile, field) != empty
+        }
+        profiles[name] = dataclasses.replace(profile, **blank) if blank else profile
 
     top_values = {k: _coerce(v, str, f"{where} {k}") for k, v in top.items()}
     settings = Settings(**sections, profiles=profiles, **top_values)
