@@ -48,7 +48,8 @@ lint: $(STAMP)
 test: system-test $(STAMP) $(LLAMA_STAMP) models lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: setup
+# The llama.cpp reference run is part of the benchmark: build it first.
+bench: setup $(LLAMA_STAMP)
 	$(BIN)/voicebot bench --json bench-results.json
 
 # llama-cpp-python: the optional llama-cpp chat backend (`[llm] backend = "llama-cpp"`) and the
@@ -68,7 +69,7 @@ $(LLAMA_STAMP): $(STAMP)
 
 llamacpp: $(LLAMA_STAMP)
 
-bench-reference: llamacpp
+bench-reference: bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

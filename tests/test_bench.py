@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from voicebot.audio import silence
+from voicebot.bench import speech_end_s, summarize
+from voicebot.engines.fake import tone
+
 from .test_cli import voicebot
 
 pytestmark = pytest.mark.models
@@ -32,8 +36,11 @@ def test_bench_measures_every_stage_and_the_voice_to_voice_latency(tmp_path: Pat
     assert results["tts"]["first_audio_ms"]["p50"] > 0
     # Every spoken turn got a spoken reply, in process and over the websocket (2 sessions).
     assert results["in_process"]["voice_to_voice"]["n"] == 2
+    assert results["in_process"]["unanswered"] == 0
+    assert results["llm"]["first_token_ratio_vs_llama_cpp"] > 0
     websocket = results["websocket"]["2"]
     assert websocket["voice_to_voice_ms"]["n"] == 4
+    assert websocket["unanswered"] == 0
     assert websocket["server_stages_ms"]["stt"]["n"] == 4
     assert "voice-to-voice" in result.stdout
 
@@ -59,3 +66,17 @@ def test_bench_on_the_llama_cpp_backend_reports_it(tmp_path: Path) -> None:
     assert results["llm"]["backend"] == "LlamaCppChat"
     assert results["llm"]["tokens_per_s"]["p50"] > 0
     assert results["in_process"]["voice_to_voice"]["n"] == 1
+
+
+def test_speech_end_ignores_the_silence_after_the_speech() -> None:
+    # Voice-to-voice is timed from here: trailing silence must not count as speech.
+    clip = silence(0.2, 16000) + tone(1.0) + silence(0.7, 16000)
+    assert speech_end_s(clip) == pytest.approx(1.2, abs=0.011)
+    quiet_tail = tone(1.0) + tone(0.3, level=0.0005) + silence(0.5, 16000)
+    assert speech_end_s(quiet_tail) == pytest.approx(1.0, abs=0.011)
+
+
+def test_summarize_reports_percentiles_and_count() -> None:
+    stats = summarize([float(v) for v in range(1, 101)])
+    assert stats == {"p50": 50.5, "p95": 95.0, "max": 100.0, "n": 100}
+    assert summarize([]) == {"n": 0}

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .audio import read_audio, resample, silence
 from .config import Settings
 from .engines import Engines, Message, load_engines
-from .events import Event, Metrics
+from .events import AudioOut, Event, Metrics
 from .session import Session
 from .transports.file import chunks_paced
 
@@ -87,6 +89,27 @@ class Utterance:
     def seconds(self) -> float:
         """Its length."""
         return len(self.pcm) / 2 / RATE
+
+    @property
+    def speech_end_s(self) -> float:
+        """Where its speech ends (the clip may carry silence after it)."""
+        return speech_end_s(self.pcm)
+
+
+def speech_end_s(pcm: bytes, sample_rate_hz: int = RATE, *, frame_ms: int = 10) -> float:
+    """The end of the last 10 ms frame within 40 dB of the loudest one.
+
+    Voice-to-voice is timed from there, so silence at the end of a clip never counts as
+    speech (which would make the reply look faster than it is).
+    """
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    frame = sample_rate_hz * frame_ms // 1000
+    count = len(samples) // frame
+    if count == 0:
+        return len(samples) / sample_rate_hz
+    rms = np.sqrt((samples[: count * frame].reshape(count, frame) ** 2).mean(axis=1))
+    loud = np.flatnonzero(rms >= rms.max() * 0.01)
+    return float(loud[-1] + 1) * frame / sample_rate_hz
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -279,6 +302,10 @@ def bench_llm(engines: Engines, settings: Settings, options: BenchOptions) -> di
             result["ratio_vs_llama_cpp"] = round(
                 statistics.median(rates) / ref["tokens_per_s"]["p50"], 2
             )
+        if ref.get("first_token_ms", {}).get("p50") and ttft:
+            result["first_token_ratio_vs_llama_cpp"] = round(
+                statistics.median(ttft) / ref["first_token_ms"]["p50"], 2
+            )
     return result
 
 
@@ -386,26 +413,44 @@ def bench_tts(engines: Engines) -> dict[str, Any]:
 @dataclass
 class _Turns:
     metrics: list[dict[str, float]] = field(default_factory=list)
+    """The session's own stage metrics, per answered turn."""
+    first_audio: dict[int, float] = field(default_factory=dict)
+    """Turn id -> perf_counter() when its first reply audio reached the sink."""
+    voice_to_voice_ms: list[float] = field(default_factory=list)
+    """End of speech in the clip -> first reply audio at the sink."""
+    unanswered: int = 0
+    """Utterances that got no reply audio."""
 
 
 async def _paced_session(
     engines: Engines, settings: Settings, utterances: list[Utterance], gap_s: float
-) -> list[dict[str, float]]:
+) -> _Turns:
     turns = _Turns()
 
     async def sink(event: Event) -> None:
         if isinstance(event, Metrics):
             turns.metrics.append(event.values_ms)
+        elif isinstance(event, AudioOut) and event.turn_id:
+            turns.first_audio.setdefault(event.turn_id, time.perf_counter())
 
     session = Session(engines, settings, sink=sink, barge_in=False)
     await session.start()
+    lead_s = 0.3
     for utterance in utterances:
-        pcm = silence(0.3, RATE) + utterance.pcm + silence(gap_s, RATE)
+        pcm = silence(lead_s, RATE) + utterance.pcm + silence(gap_s, RATE)
+        known = set(turns.first_audio)
+        start = time.perf_counter()
         async for chunk in chunks_paced(pcm, RATE):
             await session.feed(chunk)
         await session.wait_idle()
+        new = [t for t in turns.first_audio if t not in known]
+        if new:
+            speech_end = start + lead_s + utterance.speech_end_s
+            turns.voice_to_voice_ms.append((turns.first_audio[new[0]] - speech_end) * 1000)
+        else:
+            turns.unanswered += 1
     await session.close()
-    return turns.metrics
+    return turns
 
 
 async def _websocket_run(
@@ -429,6 +474,7 @@ async def _websocket_run(
         latencies: list[float] = []
         server_metrics: list[dict[str, float]] = []
         late_pings: list[float] = []
+        unanswered: list[str] = []
         stop = asyncio.Event()
 
         async def pinger() -> None:
@@ -451,7 +497,7 @@ async def _websocket_run(
                 await asyncio.sleep(index * 0.7)
                 for utterance in utterances:
                     pcm = silence(0.3, RATE) + utterance.pcm
-                    speech_end = None
+                    speech_end_at = 0.3 + utterance.speech_end_s
                     first_audio: list[float] = []
                     replied: list[bool] = []
                     done = asyncio.Event()
@@ -481,21 +527,22 @@ async def _websocket_run(
                     start = time.perf_counter()
                     tail = silence(gap_s, RATE)
                     stream = pcm + tail
+                    # Chunk i is sent once its last sample would have been captured.
                     for i, offset in enumerate(range(0, len(stream), step)):
-                        delay = start + i * 0.02 - time.perf_counter()
+                        delay = start + (i + 1) * 0.02 - time.perf_counter()
                         if delay > 0:
                             await asyncio.sleep(delay)
                         await ws.send(stream[offset : offset + step])
-                        if speech_end is None and offset + step >= len(pcm):
-                            speech_end = start + len(pcm) / 2 / RATE
                     try:
                         async with asyncio.timeout(60):
                             await done.wait()
                     except TimeoutError:
                         pass
                     reader.cancel()
-                    if first_audio and speech_end is not None:
-                        latencies.append((first_audio[0] - speech_end) * 1000)
+                    if first_audio:
+                        latencies.append((first_audio[0] - start - speech_end_at) * 1000)
+                    else:
+                        unanswered.append(utterance.name)
 
         ping_task = asyncio.create_task(pinger())
         try:
@@ -510,6 +557,7 @@ async def _websocket_run(
         "server_stages_ms": _stage_summary(server_metrics),
         "ping_rtt_ms": summarize(late_pings),
         "late_pings_over_100ms": sum(1 for p in late_pings if p > 100),
+        "unanswered": len(unanswered),
     }
 
 
@@ -547,8 +595,11 @@ def run_bench(
     results["tts"] = bench_tts(engines)
     log(f"tts: {results['tts']}")
     turns = utterances[: options.turns] if options.turns else utterances
-    metrics = asyncio.run(_paced_session(engines, settings, turns, gap_s=2.5))
-    results["in_process"] = _stage_summary(metrics)
+    paced = asyncio.run(_paced_session(engines, settings, turns, gap_s=2.5))
+    results["in_process"] = _stage_summary(paced.metrics)
+    # The user's view: from the end of speech in the clip, not from where the VAD placed it.
+    results["in_process"]["voice_to_voice"] = summarize(paced.voice_to_voice_ms)
+    results["in_process"]["unanswered"] = paced.unanswered
     log(f"in-process voice-to-voice: {results['in_process']['voice_to_voice']}")
     results["websocket"] = {}
     for sessions in options.concurrency:
@@ -608,7 +659,10 @@ def format_table(results: dict[str, Any]) -> str:
     ref = results["llm"].get("reference_llama_cpp", {})
     if "tokens_per_s" in ref:
         row("llama.cpp decode (reference)", ref["tokens_per_s"], "tok/s")
-        lines.append(f"{'LLM vs llama.cpp':<38} {results['llm'].get('ratio_vs_llama_cpp')}x")
+        row("llama.cpp time to first token (ref.)", ref.get("first_token_ms", {}))
+        lines.append(f"{'LLM decode vs llama.cpp':<38} {results['llm'].get('ratio_vs_llama_cpp')}x")
+        ttft_ratio = results["llm"].get("first_token_ratio_vs_llama_cpp")
+        lines.append(f"{'LLM first token vs llama.cpp':<38} {ttft_ratio}x")
     elif ref:
         lines.append(f"{'llama.cpp reference':<38} {ref.get('skipped')}")
     row("TTS first audio", results["tts"]["first_audio_ms"])
@@ -621,8 +675,13 @@ def format_table(results: dict[str, Any]) -> str:
         "voice_to_voice",
     ):
         row(f"in-process {key}", results["in_process"].get(key, {}))
+    lines.append(f"{'in-process unanswered utterances':<38} {results['in_process']['unanswered']}")
     for sessions, outcome in results["websocket"].items():
         row(f"websocket x{sessions} voice-to-voice", outcome["voice_to_voice_ms"])
         row(f"websocket x{sessions} ping RTT", outcome["ping_rtt_ms"])
+        late = outcome["late_pings_over_100ms"]
+        lines.append(
+            f"{f'websocket x{sessions} late pings, unanswered':<38} {late}, {outcome['unanswered']}"
+        )
     lines.append(f"{'peak RSS':<38} {results['peak_rss_mb']} MB")
     return "\n".join(lines)

@@ -122,11 +122,14 @@ async def chunks(
 async def chunks_paced(
     pcm: bytes, sample_rate_hz: int, chunk_ms: int = _CHUNK_MS
 ) -> AsyncIterator[bytes]:
-    """Yield a recording in chunks at real-time pace."""
+    """Yield a recording in chunks at real-time pace.
+
+    Each chunk comes when a microphone would deliver it: once its last sample was captured.
+    """
     step = 2 * sample_rate_hz * chunk_ms // 1000
     start = time.perf_counter()
     for index, offset in enumerate(range(0, len(pcm), step)):
-        delay = start + index * chunk_ms / 1000 - time.perf_counter()
+        delay = start + (index + 1) * chunk_ms / 1000 - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         yield pcm[offset : offset + step]
