@@ -495,3 +495,26 @@ async def test_an_interrupted_reply_keeps_its_metrics(settings: Settings, tmp_pa
     assert {"llm_first_token", "first_piece", "first_audio", "voice_to_voice"} <= set(
         reply.metrics_ms
     )
+
+
+async def test_a_slow_first_clause_is_cut_so_speech_starts(settings: Settings) -> None:
+    reply = "The moon is about 1784567852 miles away from our planet Earth."
+    for wait_ms, expect_cut in ((300, True), (0, False)):
+        recorder = Recorder()
+        session = Session(
+            fake_engines(llm=FakeChat([reply], token_delay_s=0.1)),
+            replace(settings, session=replace(settings.session, first_piece_max_wait_ms=wait_ms)),
+            sink=recorder,
+            realtime_playback=False,
+        )
+        await session.start()
+        await session.send_text("how far is the moon")
+        await asyncio.wait_for(session.wait_idle(), 10)
+        pieces = [e.text for e in recorder.of(ReplyText)]
+        assert " ".join(pieces) == reply
+        if expect_cut:
+            # Four words were whole ~300 ms after the first token: spoken before the rest.
+            assert len(pieces) == 2 and 4 <= len(pieces[0].split()) < len(reply.split())
+            assert recorder.of(Metrics)[0].values_ms["first_piece"] < 700
+        else:
+            assert pieces == [reply]

@@ -254,3 +254,22 @@ def test_first_piece_keeps_short_phrases_whole() -> None:
     chunker = SpeakableChunker()
     pieces = chunker.feed("I like dogs and cats. ") + chunker.flush()
     assert pieces == ["I like dogs and cats."]
+
+
+def test_the_first_piece_can_be_cut_at_the_last_whole_word() -> None:
+    chunker = SpeakableChunker()
+    assert chunker.feed("The moon is about 1,784,567") == []
+    assert chunker.cut_first_piece() == ["The moon is about"]  # "1,784,567" may go on
+    assert chunker.feed(".852 miles away from Earth. It is") == [
+        "1,784,567.852 miles away from Earth."
+    ]
+    assert chunker.cut_first_piece() == []  # only ever the first piece
+    assert chunker.flush() == ["It is"]
+
+
+def test_a_forced_first_piece_needs_enough_whole_words() -> None:
+    chunker = SpeakableChunker(first_piece_min_words=4)
+    chunker.feed("One two three fo")
+    assert chunker.cut_first_piece() == []
+    chunker.feed("ur ")
+    assert chunker.cut_first_piece() == ["One two three four"]

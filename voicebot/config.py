@@ -176,6 +176,10 @@ class SessionSettings:
     """Voiced audio needed before user speech interrupts the reply."""
     echo_tail_ms: int = 300
     """Half-duplex only: input is still ignored this long after the reply stops playing."""
+    first_piece_max_wait_ms: int = 450
+    """When the chat model has not ended a clause this long after its first token (a long
+    number, a list of names), the first piece is cut at the last whole word so speech starts
+    anyway; 0 waits for a clause."""
     speculative_stt: bool = True
     """Start transcribing when silence begins, before the end of turn is confirmed."""
     max_reply_s: float = 60.0

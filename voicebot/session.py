@@ -150,30 +150,44 @@ class Responder:
             self.settings.llm.history_turns,
         )
 
+        first_piece_wait_s = self.settings.session.first_piece_max_wait_ms / 1000
+
         async def write() -> None:
             chunker = SpeakableChunker()
             sentences = 0
+            first_token_at = 0.0
             stop_event = _AnyEvent(cancel, llm_stop)
+
+            async def put(piece: str) -> None:
+                nonlocal sentences
+                if "first_piece" not in outcome.metrics_ms:
+                    outcome.metrics_ms["first_piece"] = _ms(time.perf_counter() - t0)
+                await pieces.put(piece)
+                sentences += _ENDS_SENTENCE.search(piece) is not None
+
             try:
                 async for fragment in llm_worker.stream(
                     lambda: self.llm.stream(messages, stop_event)
                 ):
                     if outcome.tokens == 0:
-                        outcome.metrics_ms["llm_first_token"] = _ms(time.perf_counter() - t0)
+                        first_token_at = time.perf_counter()
+                        outcome.metrics_ms["llm_first_token"] = _ms(first_token_at - t0)
                     outcome.tokens += 1
                     for piece in chunker.feed(fragment):
-                        if "first_piece" not in outcome.metrics_ms:
-                            outcome.metrics_ms["first_piece"] = _ms(time.perf_counter() - t0)
-                        await pieces.put(piece)
-                        sentences += _ENDS_SENTENCE.search(piece) is not None
+                        await put(piece)
+                    if (
+                        first_piece_wait_s
+                        and chunker.pieces_emitted == 0
+                        and time.perf_counter() - first_token_at >= first_piece_wait_s
+                    ):
+                        for piece in chunker.cut_first_piece():
+                            await put(piece)
                     if max_sentences and sentences >= max_sentences:
                         llm_stop.set()
                         break
                 if not stopper():
                     for piece in chunker.flush():
-                        if "first_piece" not in outcome.metrics_ms:
-                            outcome.metrics_ms["first_piece"] = _ms(time.perf_counter() - t0)
-                        await pieces.put(piece)
+                        await put(piece)
                 outcome.metrics_ms["llm_done"] = _ms(time.perf_counter() - t0)
             finally:
                 await pieces.put(None)

@@ -130,6 +130,22 @@ class SpeakableChunker:
             pieces.extend(self._clean(piece))
         return pieces
 
+    def cut_first_piece(self) -> list[str]:
+        """Cut the first piece now, at the last whole word, if none was emitted yet.
+
+        For when the model is slow to end its first clause: speaking part of it beats
+        waiting. Needs ``first_piece_min_words`` whole words; a word still being written
+        stays in the buffer.
+        """
+        if self._emitted:
+            return []
+        cut = self._buffer.rfind(" ")
+        head = self._buffer[:cut] if cut > 0 else ""
+        if len(head.split()) < self.first_piece_min_words:
+            return []
+        self._buffer = self._buffer[cut + 1 :]
+        return self._clean(head)
+
     def flush(self) -> list[str]:
         """Return what remains at the end of the stream."""
         tail = self._strip_code("") if not self._ticks else ("" if self._in_code else self._ticks)
