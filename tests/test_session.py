@@ -518,3 +518,23 @@ async def test_a_slow_first_clause_is_cut_so_speech_starts(settings: Settings) -
             assert recorder.of(Metrics)[0].values_ms["first_piece"] < 700
         else:
             assert pieces == [reply]
+
+
+async def test_history_is_measured_per_model_unless_set(settings: Settings) -> None:
+    async def prompt_after_two_turns(settings: Settings) -> list[str]:
+        llm = FakeChat(["One.", "Two."])
+        session = Session(fake_engines(llm=llm), settings, sink=Recorder(), realtime_playback=False)
+        await session.start()
+        for text in ("first", "second"):
+            await session.send_text(text)
+            await asyncio.wait_for(session.wait_idle(), 5)
+        return [m["content"] for m in llm.prompts[-1][1:]]
+
+    # The embedded 135M model: the catalog's measured value, no earlier turns.
+    assert await prompt_after_two_turns(settings) == ["second"]
+    # Any other model (a path or hub name): all earlier turns that fit.
+    other = replace(settings, llm=replace(settings.llm, model="/models/Qwen2.5-1.5B-Instruct"))
+    assert await prompt_after_two_turns(other) == ["first", "One.", "second"]
+    # An explicit setting wins.
+    pinned = replace(other, llm=replace(other.llm, history_turns=0))
+    assert await prompt_after_two_turns(pinned) == ["second"]

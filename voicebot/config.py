@@ -136,10 +136,11 @@ class LlmSettings:
     """Longest reply in tokens."""
     context_tokens: int = 1536
     """Token budget for the prompt: the oldest turns are dropped beyond it."""
-    history_turns: int = 0
+    history_turns: int | None = None
     """Earlier turns sent with the prompt besides the user's facts (-1: all that fit the
-    budget). The default 135M model answers best with none: its own earlier replies pull it
-    off topic (measured in docs/quality.md); larger models benefit from more."""
+    budget). Unset: what was measured best for the model, which for the embedded 135M model
+    is none (its own earlier replies pull it off topic, docs/quality.md), and for any other
+    model all that fit."""
     temperature: float = 0.0
     """0 decodes greedily (reproducible); above 0 samples."""
     repetition_penalty: float = 1.0

@@ -93,6 +93,9 @@ class CatalogModel:
     """A conversion step after extraction (``gguf-to-safetensors``)."""
     source: str = "pypi"
     """``pypi`` (pulled) or ``installed`` (ships in an installed dependency)."""
+    history_turns: int | None = None
+    """Chat models: earlier turns to send when ``[llm] history_turns`` is unset, where
+    measured for this model (None: all that fit the token budget)."""
 
     @property
     def size_bytes(self) -> int:
@@ -148,6 +151,7 @@ def load_catalog(path: Path | None = None) -> dict[str, CatalogModel]:
             ),
             convert=raw.get("convert", ""),
             source=raw.get("source", "pypi"),
+            history_turns=raw.get("history_turns"),
         )
         if entry.kind not in _KINDS:
             raise ModelError(f"catalog {path}: model {entry.id} has unknown kind {entry.kind!r}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .audio import StreamResampler, check_pcm16, check_sample_rate
 from .config import Profile, Settings
 from .dialogue import Dialogue, Turn
-from .engines import Engines
+from .engines import Engines, history_turns
 from .errors import VoicebotError
 from .events import (
     AudioOut,
@@ -95,6 +95,8 @@ class Responder:
         self.llm = engines.chat_model(profile.llm_model)
         self.voice = engines.voice(profile.voice)
         self.speaking_rate = profile.speaking_rate or settings.tts.speaking_rate
+        self.history_turns = history_turns(settings, profile.llm_model)
+        """Earlier turns sent to the chat model with each prompt."""
 
     @property
     def output_sample_rate_hz(self) -> int:
@@ -147,7 +149,7 @@ class Responder:
             dialogue.messages,
             self.llm.count_tokens,
             self.settings.llm.context_tokens,
-            self.settings.llm.history_turns,
+            self.history_turns,
         )
 
         first_piece_wait_s = self.settings.session.first_piece_max_wait_ms / 1000

@@ -39,6 +39,7 @@ __all__ = [
     "Transcription",
     "VoiceActivityDetector",
     "WakeWordDetector",
+    "history_turns",
     "load_engines",
     "load_llm",
     "load_stt",
@@ -201,6 +202,22 @@ def load_llm(
     return TransformersChat(
         path, device=llm.device, dtype=llm.dtype, weights=llm.weights, **decoding
     )
+
+
+def history_turns(settings: Settings, reference: str = "") -> int:
+    """Earlier turns to send to the chat model ``reference`` (default: ``[llm] model``).
+
+    ``[llm] history_turns`` when set; else the catalog's measured value for a catalog model;
+    else -1 (all that fit the token budget), which suits any capable model.
+    """
+    if settings.llm.history_turns is not None:
+        return settings.llm.history_turns
+    from ..models import load_catalog
+
+    entry = load_catalog().get(reference or settings.llm.model)
+    if entry is not None and entry.history_turns is not None:
+        return entry.history_turns
+    return -1
 
 
 def load_tts(
