@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from voicebot.events import (
     SpeechStopped,
     StateChanged,
     Transcript,
+    WakeWordDetected,
 )
 from voicebot.protocol import (
     PROTOCOL_VERSION,
@@ -81,6 +83,8 @@ def test_start_defaults() -> None:
         ('{"type": "text", "text": "   "}', "bad_message"),
         ('{"type": "text", "text": "' + "x" * 2001 + '"}', "bad_message"),
         ("[" * 100000, "bad_json"),
+        ('{"type": "start", "sample_rate": ' + "9" * 5000 + "}", "bad_json"),
+        ('{"n": ' + "1" * 4301 + "}", "bad_json"),
     ],
 )
 def test_bad_frames_raise_with_a_code(frame: str, code: str) -> None:
@@ -109,6 +113,7 @@ def test_other_client_messages() -> None:
         (Interrupted(3, "Hi"), {"type": "interrupted", "turn_id": 3, "heard_text": "Hi"}),
         (Metrics(3, {"stt": 12.5}), {"type": "metrics", "turn_id": 3, "ms": {"stt": 12.5}}),
         (StateChanged(SessionState.SPEAKING), {"type": "state", "state": "speaking"}),
+        (WakeWordDetected("okay_nabu", 3.5), {"type": "wake", "name": "okay_nabu"}),
         (
             ErrorEvent("engine", "boom", 3),
             {"type": "error", "code": "engine", "message": "boom", "turn_id": 3},
@@ -116,7 +121,7 @@ def test_other_client_messages() -> None:
         (ErrorEvent("engine", "boom"), {"type": "error", "code": "engine", "message": "boom"}),
     ],
 )
-def test_events_encode_to_documented_frames(event: object, expected: dict) -> None:
+def test_events_encode_to_documented_frames(event: object, expected: dict[str, Any]) -> None:
     frame = encode_event(event)  # type: ignore[arg-type]
     assert isinstance(frame, str)
     assert json.loads(frame) == expected

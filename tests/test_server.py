@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
-import time
+import wave
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from voicebot.audio import silence
+from voicebot.audio import StreamResampler, silence, write_wav
 from voicebot.config import Settings
 from voicebot.engines import Engines
 from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, tone
@@ -54,7 +57,7 @@ async def next_event(ws: ClientConnection, kind: str, timeout_s: float = 10) -> 
         while True:
             frame = await ws.recv()
             if isinstance(frame, str):
-                event = json.loads(frame)
+                event: dict[str, Any] = json.loads(frame)
                 if event["type"] == kind:
                     return event
 
@@ -142,6 +145,7 @@ async def test_output_rate_can_be_requested(running: Running) -> None:
         (b"\x01\x02\x03", "bad_audio"),
         ('{"type": "start", "sample_rate": 16000}', "already_started"),
         ('{"type": "text", "text": ""}', "bad_message"),
+        ('{"type": "text", "n": ' + "9" * 5000 + "}", "bad_json"),  # valid JSON, too big an int
     ],
 )
 async def test_bad_input_after_start_is_an_error_and_the_session_goes_on(
@@ -218,7 +222,8 @@ async def test_a_token_is_checked_before_any_audio(settings: Settings) -> None:
     server = await make_server(settings, token="s3cret")
     try:
         url = f"ws://127.0.0.1:{server.port}/ws"
-        for token in (None, "wrong"):
+        # Non-ASCII tokens too: a str compare_digest would raise on them, not refuse them.
+        for token in (None, "wrong", "s3crét", "\ud800"):
             ws = await connect(url, open_timeout=5)
             start: dict[str, Any] = {"type": "start", "sample_rate": RATE}
             if token:
@@ -253,6 +258,25 @@ async def test_a_full_server_closes_with_1013(running: Running) -> None:
         await ws.close()
 
 
+async def test_connections_beyond_the_cap_are_refused_even_before_start(
+    running: Running,
+) -> None:
+    # Five arrive at once on a server of three slots, none having sent start yet.
+    arrivals = await asyncio.gather(*(connect(running.ws_url, open_timeout=5) for _ in range(5)))
+    async with asyncio.timeout(5):
+        while sum(ws.close_code is not None for ws in arrivals) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    refused = [ws for ws in arrivals if ws.close_code is not None]
+    admitted = [ws for ws in arrivals if ws.close_code is None]
+    assert [ws.close_code for ws in refused] == [1013, 1013]
+    assert running.server.active_connections == 3
+    for ws in admitted:
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+        await next_event(ws, "ready")
+    for ws in admitted:
+        await ws.close()
+
+
 async def test_an_idle_session_is_closed(settings: Settings) -> None:
     server = await make_server(settings, idle_timeout_s=0.5)
     try:
@@ -266,6 +290,73 @@ async def test_an_idle_session_is_closed(settings: Settings) -> None:
         assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle timeout"
     finally:
         await server.close()
+
+
+async def stream_silence(ws: ClientConnection) -> None:
+    """What a browser with its microphone on sends: silence, at real-time pace."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await ws.send(silence(0.02, RATE))
+            await asyncio.sleep(0.02)
+
+
+async def test_streamed_silence_does_not_keep_a_session_alive(settings: Settings) -> None:
+    server = await make_server(settings, idle_timeout_s=0.5)
+    try:
+        ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+        await next_event(ws, "ready")
+        streamer = asyncio.create_task(stream_silence(ws))
+        try:
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    while True:
+                        await ws.recv()
+        finally:
+            streamer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(streamer, 5)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "idle timeout")
+    finally:
+        await server.close()
+
+
+async def test_a_reply_longer_than_the_idle_timeout_is_not_cut(settings: Settings) -> None:
+    server = await make_server(settings, idle_timeout_s=0.3)
+    server.engines.llm = FakeChat(["a b c d e f g h"], token_delay_s=0.1)
+    try:
+        ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+        await next_event(ws, "ready")
+        streamer = asyncio.create_task(stream_silence(ws))
+        try:
+            await ws.send(json.dumps({"type": "text", "text": "tell me"}))
+            assert (await next_event(ws, "reply_done"))["text"] == "a b c d e f g h"
+            with pytest.raises(ConnectionClosed) as closed:  # idle once the reply is over
+                async with asyncio.timeout(5):
+                    while True:
+                        await ws.recv()
+        finally:
+            streamer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(streamer, 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle timeout"
+    finally:
+        await server.close()
+
+
+async def test_closing_the_server_closes_connections_still_to_start(settings: Settings) -> None:
+    server = await make_server(settings)
+    ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5)
+    async with asyncio.timeout(5):
+        while server.active_connections < 1:  # noqa: ASYNC110  (a test polling server state)
+            await asyncio.sleep(0.02)
+    # Well under the 10 s allowed for start: close() must not wait for it.
+    await asyncio.wait_for(server.close(), 5)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
 
 
 async def test_stop_finishes_the_reply_then_closes_normally(running: Running) -> None:
@@ -302,20 +393,117 @@ async def test_a_vanished_client_leaves_nothing_running(running: Running) -> Non
     assert streamed < len(words.split())
 
 
+def leftover_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    return {task for task in asyncio.all_tasks() - before if task is not asyncio.current_task()}
+
+
+async def test_a_client_vanishing_mid_utterance_leaves_no_tasks(running: Running) -> None:
+    before = asyncio.all_tasks()
+    ws, _ = await running.client()
+    # Half an utterance: speech, then a pause shorter than the end of a turn (which starts
+    # an early transcription), and no more.
+    await send_speech(ws, tone(0.6) + silence(0.3, RATE))
+    await next_event(ws, "speech_started")
+    ws.transport.abort()  # the client vanishes without a close frame
+    async with asyncio.timeout(5):
+        while (  # noqa: ASYNC110  (a test polling server state)
+            running.server.sessions or running.server.active_connections or leftover_tasks(before)
+        ):
+            await asyncio.sleep(0.05)
+
+
+BAD_INPUTS = [
+    (False, b"\x00\x00" * 160, "not_started"),  # audio before start
+    (False, "{{{", "bad_json"),
+    (True, "this is not json", "bad_json"),
+    (True, '{"type": "text", "n": ' + "9" * 5000 + "}", "bad_json"),
+    (True, b"\x01\x02\x03", "bad_audio"),
+    (True, '{"type": "sing"}', "unknown_type"),
+]
+
+
+@pytest.mark.parametrize(("started", "frame", "code"), BAD_INPUTS)
+async def test_bad_input_leaves_a_concurrent_session_untouched(
+    running: Running, started: bool, frame: str | bytes, code: str
+) -> None:
+    running.server.engines.llm = FakeChat(
+        lambda messages: f"You said {messages[-1]['content']}.", token_delay_s=0.05
+    )
+    good, _ = await running.client()
+    await good.send(json.dumps({"type": "text", "text": "carry on please"}))
+    frames = [await next_event(good, "reply_text")]  # its reply is under way
+    if started:
+        bad, _ = await running.client()
+    else:
+        bad = await connect(running.ws_url, open_timeout=5)
+    await bad.send(frame)
+    assert (await next_event(bad, "error"))["code"] == code
+    frames += await collect_until(good, "reply_done")
+    assert frames[-1]["text"] == "You said carry on please."
+    assert not [f for f in frames if isinstance(f, dict) and f["type"] == "error"]
+    assert any(isinstance(f, bytes) and f for f in frames)
+    await bad.close()
+    await good.close()
+
+
+async def test_audio_of_an_interrupted_turn_never_leaks_into_the_next(running: Running) -> None:
+    running.server.engines.llm = FakeChat(
+        ["one. two. three. four. five. six.", "Fine, thanks."], token_delay_s=0.1
+    )
+    ws, ready = await running.client(output_sample_rate=16000)  # resampled from 22050 Hz
+    await ws.send(json.dumps({"type": "text", "text": "count"}))
+    async with asyncio.timeout(10):
+        while not isinstance(await ws.recv(), bytes):  # some of turn 1's audio was sent
+            pass
+    await ws.send(json.dumps({"type": "interrupt"}))
+    await next_event(ws, "interrupted")
+    await ws.send(json.dumps({"type": "text", "text": "how are you"}))
+    frames = await collect_until(ws, "reply_done")
+    received = b"".join(f for f in frames if isinstance(f, bytes))
+    pieces = [f["text"] for f in frames if isinstance(f, dict) and f["type"] == "reply_text"]
+    voice = FakeTts(sample_rate_hz=22050)
+    spoken = b"".join(b"".join(voice.synthesize(piece)) for piece in pieces)
+    expected = StreamResampler(22050, ready["sample_rate"]).process(spoken, last=True)
+    got = np.frombuffer(received, "<i2").astype(np.int32)
+    want = np.frombuffer(expected, "<i2").astype(np.int32)
+    assert abs(len(got) - len(want)) <= 2  # the reply's own end is not held back either
+    n = min(len(got), len(want))
+    assert np.abs(got[:n] - want[:n]).max() < 300  # no samples of turn 1 in front
+    await ws.close()
+
+
 async def test_the_event_loop_stays_free_during_inference(running: Running) -> None:
     running.server.engines.llm = FakeChat(["a b c d e f g h i j"], token_delay_s=0.15)
     busy, _ = await running.client()
-    await busy.send(json.dumps({"type": "text", "text": "long"}))
-    await next_event(busy, "state")
     other, _ = await running.client()
-    rtts = []
-    for _ in range(5):
-        start = time.perf_counter()
-        pong = await other.ping()
-        await asyncio.wait_for(pong, 2)
-        rtts.append(time.perf_counter() - start)
-        await asyncio.sleep(0.1)
-    assert max(rtts) < 0.5
+    log: list[str] = []  # pongs and the busy session's events, in the order they came
+    pings_sent = 0
+    replied = asyncio.Event()
+
+    async def pinger() -> None:
+        nonlocal pings_sent
+        while not replied.is_set():
+            pings_sent += 1
+            await asyncio.wait_for(await other.ping(), 5)
+            log.append("pong")
+            await asyncio.sleep(0.05)
+
+    pings = asyncio.create_task(pinger())
+    try:
+        await busy.send(json.dumps({"type": "text", "text": "long"}))
+        kind = ""
+        async with asyncio.timeout(10):
+            while kind != "reply_done":
+                frame = await busy.recv()
+                kind = json.loads(frame)["type"] if isinstance(frame, str) else "audio"
+                if kind in ("transcript", "reply_done"):
+                    log.append(kind)
+    finally:
+        replied.set()
+        await asyncio.wait_for(pings, 5)
+    assert log.count("pong") == pings_sent  # every ping was answered
+    generating = log[log.index("transcript") : log.index("reply_done")]
+    assert generating.count("pong") >= 2, log  # ... while the reply was being written
     await busy.close()
     await other.close()
 
@@ -348,8 +536,13 @@ async def test_an_unknown_conversation_or_profile_is_refused(running: Running) -
         await ws.send(json.dumps({"type": "start", "sample_rate": RATE, **start}))
         error = await next_event(ws, "error")
         assert error["code"] in ("store", "config")
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    async with asyncio.timeout(5):  # no session was counted, and the slots are given back
+        while running.server.active_connections:  # noqa: ASYNC110  (polling server state)
+            await asyncio.sleep(0.02)
+    assert running.server.sessions == {}
 
 
 async def test_interrupt_cuts_the_reply(running: Running) -> None:
@@ -413,6 +606,147 @@ async def test_browser_origins_are_checked(
             with pytest.raises(InvalidStatus) as refused:
                 await connect(url, additional_headers=headers, open_timeout=5)
             assert refused.value.response.status_code == 403
+    finally:
+        await server.close()
+
+
+def http_get(port: int, path: str, host: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("name", ["evil.example", "127.0.0.1.evil.example", "192.168.1.20"])
+async def test_a_foreign_host_name_is_refused_without_a_token(running: Running, name: str) -> None:
+    port = running.server.port
+    for path in ("/", "/healthz", "/config.json"):
+        status, body = await asyncio.to_thread(http_get, port, path, f"{name}:{port}")
+        assert status == 421 and b"localhost" in body, path
+    with pytest.raises(InvalidStatus) as refused:
+        # The TCP connection goes to the server; the Host header names the other host.
+        await connect(f"ws://{name}:{port}/ws", host="127.0.0.1", port=port, open_timeout=5)
+    assert refused.value.response.status_code == 421
+
+
+@pytest.mark.parametrize("name", ["localhost", "LOCALHOST", "127.0.0.1", "127.0.1.1", "[::1]"])
+async def test_loopback_host_names_are_served(running: Running, name: str) -> None:
+    port = running.server.port
+    status, _ = await asyncio.to_thread(http_get, port, "/healthz", f"{name}:{port}")
+    assert status == 200
+    status, _ = await asyncio.to_thread(http_get, port, "/healthz", name)
+    assert status == 200
+
+
+async def test_with_a_token_any_host_name_is_served(settings: Settings) -> None:
+    server = await make_server(settings, token="s3cret")
+    try:
+        status, _ = await asyncio.to_thread(http_get, server.port, "/healthz", "voice.example")
+        assert status == 200
+    finally:
+        await server.close()
+
+
+class FakeMic:
+    """Stands in for the microphone: a question, then silence until the task is cancelled."""
+
+    def __init__(self, device: str | None = None) -> None:
+        self.sample_rate_hz = RATE
+
+    def open(self) -> int:
+        return RATE
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        audio = tone(0.8) + silence(1.0, RATE)
+        step = 2 * RATE // 50
+        for offset in range(0, len(audio), step):
+            yield audio[offset : offset + step]
+            await asyncio.sleep(0.005)
+        while True:
+            yield silence(0.02, RATE)
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("flags", "barge_in"), [([], False), (["--barge-in"], True)])
+async def test_the_mic_client_saves_the_reply_on_ctrl_c_and_has_barge_in_off(
+    running: Running,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    barge_in: bool,
+) -> None:
+    from voicebot import cli
+    from voicebot.transports import mic
+
+    monkeypatch.setattr(mic, "MicrophoneSource", FakeMic)
+    out = tmp_path / "reply.wav"
+    args = cli.build_parser().parse_args(["client", running.ws_url, "--output", str(out), *flags])
+    client = asyncio.create_task(cli._client(args))  # noqa: SLF001
+    try:
+        async with asyncio.timeout(10):
+            while not running.server.sessions:  # noqa: ASYNC110  (a test polling server state)
+                await asyncio.sleep(0.02)
+            session = next(iter(running.server.sessions.values()))
+            while not session.metrics:  # noqa: ASYNC110  (a reply was answered in full)
+                await asyncio.sleep(0.02)
+        assert session.barge_in is barge_in
+    finally:
+        client.cancel()  # what Ctrl-C does to asyncio.run's main task
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(client, 10)
+    with wave.open(str(out)) as saved:
+        assert saved.getnframes() > 0
+        assert saved.getframerate() == 22050
+
+
+async def test_the_client_reports_an_abnormal_close_and_exits_non_zero(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voicebot.cli import main
+
+    server = await make_server(settings)
+    question = tmp_path / "q.wav"
+    write_wav(question, silence(5.0, RATE), RATE)
+    argv = [
+        "client",
+        f"ws://127.0.0.1:{server.port}/ws",
+        "--input",
+        str(question),
+        "--output",
+        str(tmp_path / "r.wav"),
+    ]
+    try:
+        client = asyncio.create_task(asyncio.to_thread(main, argv))
+        async with asyncio.timeout(10):
+            while not server.sessions:  # noqa: ASYNC110  (a test polling server state)
+                await asyncio.sleep(0.02)
+    finally:
+        await asyncio.wait_for(server.close(), 10)  # closes the session with 1001
+    assert await asyncio.wait_for(client, 20) == 1
+    assert "1001 server shutting down" in capsys.readouterr().err
+
+
+async def test_the_client_exits_2_when_the_server_is_full(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voicebot.cli import main
+
+    server = await make_server(settings, max_sessions=1)
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    question = tmp_path / "q.wav"
+    write_wav(question, silence(0.5, RATE), RATE)
+    try:
+        holder = await connect(url, open_timeout=5)
+        argv = ["client", url, "--input", str(question), "--output", str(tmp_path / "r.wav")]
+        assert await asyncio.wait_for(asyncio.to_thread(main, argv), 20) == 2
+        assert "1013 server full" in capsys.readouterr().err
+        await holder.close()
     finally:
         await server.close()
 

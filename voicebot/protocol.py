@@ -110,7 +110,9 @@ def parse_text_frame(frame: str) -> ClientMessage:
     """
     try:
         data = json.loads(frame)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # ValueError, not only JSONDecodeError: valid JSON can still be refused, e.g. an
+        # integer of more digits than ``sys.get_int_max_str_digits()`` allows.
         raise _error("bad_json", "text frames must be JSON objects") from None
     if not isinstance(data, dict):
         raise _error("bad_json", "text frames must be JSON objects")

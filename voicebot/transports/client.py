@@ -15,7 +15,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from ..errors import ProtocolError, VoicebotError
 
-__all__ = ["ServerUnavailable", "VoiceClient"]
+__all__ = ["REFUSAL_CLOSE_CODES", "ServerUnavailable", "VoiceClient"]
+
+REFUSAL_CLOSE_CODES = frozenset({1008, 1013})
+"""Close codes by which the server refuses a session (policy, server full)."""
+_NO_CLOSE_FRAME = 1006
 
 
 class ServerUnavailable(VoicebotError):
@@ -58,6 +62,22 @@ class VoiceClient:
         self._connection: ClientConnection | None = None
         self.ready: dict[str, Any] = {}
         """The server's ``ready`` message."""
+        self.close_code: int | None = None
+        """How the server ended the session (1006: the connection dropped without a close
+        frame); ``None`` while it is open."""
+        self.close_reason = ""
+        """The reason the server gave with :attr:`close_code`."""
+
+    @property
+    def closed_abnormally(self) -> bool:
+        """The server ended the session with anything but a normal close (1000)."""
+        return self.close_code is not None and self.close_code != 1000
+
+    def _note_close(self, error: ConnectionClosed) -> None:
+        if error.rcvd is not None:
+            self.close_code, self.close_reason = error.rcvd.code, error.rcvd.reason
+        else:
+            self.close_code, self.close_reason = _NO_CLOSE_FRAME, "connection lost"
 
     @property
     def connection(self) -> ClientConnection:
@@ -97,8 +117,10 @@ class VoiceClient:
                             f"the server refused the session: {message.get('message')}"
                         )
         except ConnectionClosed as error:
-            reason = error.rcvd.reason if error.rcvd else "connection closed"
-            raise ServerUnavailable(f"the server closed the session: {reason}") from error
+            self._note_close(error)
+            raise ServerUnavailable(
+                f"the server closed the session: {self.close_code} {self.close_reason}"
+            ) from error
         except TimeoutError as error:
             raise ServerUnavailable("the server did not answer 'start'") from error
 
@@ -123,18 +145,25 @@ class VoiceClient:
             pass
 
     async def events(self) -> AsyncIterator[dict[str, Any] | bytes]:
-        """Frames from the server until it closes: dicts for events, bytes for audio."""
-        try:
-            async for frame in self.connection:
-                if isinstance(frame, bytes):
-                    yield frame
-                else:
-                    try:
-                        yield json.loads(frame)
-                    except json.JSONDecodeError as error:
-                        raise ProtocolError(f"the server sent invalid JSON: {error}") from error
-        except ConnectionClosed:
-            return
+        """Frames from the server until it closes: dicts for events, bytes for audio.
+
+        When it ends, :attr:`close_code` and :attr:`close_reason` say how.
+        """
+        connection = self.connection
+        while True:
+            # recv(), not ``async for``: iteration ends silently on 1001 too, losing the code.
+            try:
+                frame = await connection.recv()
+            except ConnectionClosed as error:
+                self._note_close(error)
+                return
+            if isinstance(frame, bytes):
+                yield frame
+            else:
+                try:
+                    yield json.loads(frame)
+                except json.JSONDecodeError as error:
+                    raise ProtocolError(f"the server sent invalid JSON: {error}") from error
 
     async def close(self) -> None:
         """Close the connection."""

@@ -32,7 +32,15 @@ from ..audio import StreamResampler
 from ..config import Settings
 from ..engines import Engines
 from ..errors import ConfigError, ProtocolError, VoicebotError
-from ..events import AudioOut, Event
+from ..events import (
+    AudioOut,
+    Event,
+    Interrupted,
+    ReplyDone,
+    SpeechStarted,
+    SpeechStopped,
+    Transcript,
+)
 from ..protocol import (
     InterruptMessage,
     StartMessage,
@@ -51,11 +59,13 @@ __all__ = ["CLOSE_SERVER_FULL", "VoiceServer", "check_server_settings", "web_roo
 _LOGGER = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
+"""``stop`` was honoured, or the session was idle too long (reason ``idle timeout``)."""
 CLOSE_GOING_AWAY = 1001
+"""The server is shutting down."""
 CLOSE_POLICY = 1008
-"""Wrong token, or a protocol violation that ends the session."""
+"""Wrong token, unknown profile or conversation, or no ``start`` in time."""
 CLOSE_SERVER_FULL = 1013
-"""Too many sessions: try again later."""
+"""Too many connections: try again later."""
 _START_TIMEOUT_S = 10.0
 
 
@@ -75,6 +85,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(header: str) -> str | None:
+    """The name in a ``Host`` header (``name``, ``name:port``, ``[v6]:port``), lower case."""
+    try:
+        name = urlsplit(f"//{header}").hostname
+    except ValueError:
+        return None
+    return name.rstrip(".") if name else None
 
 
 def check_server_settings(settings: Settings) -> None:
@@ -126,6 +145,10 @@ class VoiceServer:
         check_server_settings(settings)
         self.sessions: dict[ServerConnection, Session] = {}
         """Live sessions by connection."""
+        self._connections: set[ServerConnection] = set()
+        # Every connection being served, counted against the cap from its arrival: a client
+        # still to send ``start`` holds a slot, or concurrent arrivals would all get in.
+        self._closing = False
         self._server: Server | None = None
         self._stats = _Stats()
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -136,6 +159,11 @@ class VoiceServer:
         assert self._server is not None, "server not started"
         sockets = list(self._server.sockets)
         return int(sockets[0].getsockname()[1])
+
+    @property
+    def active_connections(self) -> int:
+        """Connections being served: sessions and those still to send ``start``."""
+        return len(self._connections)
 
     @property
     def url(self) -> str:
@@ -179,15 +207,23 @@ class VoiceServer:
         """Close every session (saving what was heard) and stop listening."""
         if self._server is None:
             return
+        self._closing = True
         self._server.close(close_connections=False)
-        for connection in list(self.sessions):
-            with contextlib.suppress(Exception):
-                await connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        # Sessions and connections still to send ``start`` alike: none waits for a timeout.
+        await asyncio.gather(
+            *(
+                _close_quietly(connection, CLOSE_GOING_AWAY, "server shutting down")
+                for connection in list(self._connections)
+            )
+        )
         await self._server.wait_closed()
 
     # -------------------------------------------------------------------------- HTTP
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        refused = self._check_host(request)
+        if refused is not None:
+            return refused
         path = urlsplit(request.path).path
         if path == "/ws":
             return self._check_origin(connection, request)
@@ -195,6 +231,7 @@ class VoiceServer:
             body = {
                 "status": "ok",
                 "sessions": len(self.sessions),
+                "connections": len(self._connections),
                 "max_sessions": self.settings.server.max_sessions,
                 "sessions_total": self._stats.sessions_total,
                 "uptime_s": round(time.time() - self._stats.started_at, 1),
@@ -213,6 +250,28 @@ class VoiceServer:
             }
             return _response(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
         return self._static(path)
+
+    def _check_host(self, request: Request) -> Response | None:
+        """Without a token, serve only requests addressed to this machine by a loopback name.
+
+        DNS rebinding: a web page at ``evil.example`` can point that name at 127.0.0.1; the
+        browser then sends ``Host: evil.example`` and treats this server as the page's own
+        origin. A server with a token is meant to be reached under any name, and the token
+        guards it.
+        """
+        server = self.settings.server
+        if server.token:
+            return None
+        values = request.headers.get_all("Host")
+        name = _host_name(values[0]) if len(values) == 1 else None
+        if name is not None and (is_loopback(name) or name == server.host.lower()):
+            return None
+        _LOGGER.warning("refused a request for host %r (not a loopback name)", values)
+        body = (
+            "misdirected request: this server answers only to localhost, 127.0.0.1 or [::1] "
+            "(set a token to serve other host names)\n"
+        )
+        return _response(HTTPStatus.MISDIRECTED_REQUEST, body.encode(), "text/plain")
 
     def _check_origin(self, connection: ServerConnection, request: Request) -> Response | None:
         origin = request.headers.get("Origin")
@@ -251,10 +310,20 @@ class VoiceServer:
                 self._handlers.discard(task)
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
-        server = self.settings.server
-        if len(self.sessions) >= server.max_sessions:
+        if self._closing:
+            await connection.close(CLOSE_GOING_AWAY, "server shutting down")
+            return
+        # No await between the check and the add: concurrent arrivals cannot all pass.
+        if len(self._connections) >= self.settings.server.max_sessions:
             await connection.close(CLOSE_SERVER_FULL, "server full, try again later")
             return
+        self._connections.add(connection)
+        try:
+            await self._run_session(connection)
+        finally:
+            self._connections.discard(connection)
+
+    async def _run_session(self, connection: ServerConnection) -> None:
         start = await self._await_start(connection)
         if start is None:
             return
@@ -297,7 +366,7 @@ class VoiceServer:
             await send.release()
             if start.greet:
                 await session.greet()
-            await self._receive(connection, session)
+            await self._receive(connection, session, send)
         except ConnectionClosed:
             pass
         finally:
@@ -330,7 +399,7 @@ class VoiceServer:
                             return None
                         continue
                     token = self.settings.server.token
-                    if token and not hmac.compare_digest(message.token, token):
+                    if token and not hmac.compare_digest(_utf8(message.token), _utf8(token)):
                         await _send_quietly(
                             connection, error_frame("unauthorized", "wrong or missing token")
                         )
@@ -343,15 +412,23 @@ class VoiceServer:
             pass
         return None
 
-    async def _receive(self, connection: ServerConnection, session: Session) -> None:
+    async def _receive(self, connection: ServerConnection, session: Session, send: _Sender) -> None:
         idle_s = self.settings.server.idle_timeout_s
+        send.touch()
         while True:
-            try:
-                async with asyncio.timeout(idle_s):
-                    frame = await connection.recv()
-            except TimeoutError:
+            # Idle means nobody speaks: a browser with its microphone on streams silence
+            # all the time, so audio frames alone do not count as activity.
+            if session.replying or send.user_speaking:
+                send.touch()
+            remaining_s = send.last_activity + idle_s - time.monotonic()
+            if remaining_s <= 0:
                 await connection.close(CLOSE_NORMAL, "idle timeout")
                 return
+            try:
+                async with asyncio.timeout(remaining_s):
+                    frame = await connection.recv()
+            except TimeoutError:
+                continue
             if isinstance(frame, bytes):
                 try:
                     await session.feed(frame)
@@ -364,8 +441,10 @@ class VoiceServer:
                 await connection.send(error_frame(error.code, str(error)))
                 continue
             if isinstance(message, TextMessage):
+                send.touch()
                 await session.send_text(message.text)
             elif isinstance(message, InterruptMessage):
+                send.touch()
                 await session.interrupt()
             elif isinstance(message, StopMessage):
                 await session.end_of_input()
@@ -376,14 +455,26 @@ class VoiceServer:
 
 
 class _Sender:
-    """A session sink writing frames to one connection (resampling audio if asked)."""
+    """A session sink writing frames to one connection (resampling audio if asked).
+
+    It also notes when the user last spoke or finished a turn, for the idle timeout.
+    """
 
     def __init__(self, connection: ServerConnection, output_rate: int | None) -> None:
         self.connection = connection
         self.requested_rate = output_rate
         self.source_rate = 0
+        self.last_activity = time.monotonic()
+        """``time.monotonic()`` of the user's last speech, turn or typed message."""
+        self.user_speaking = False
+        """The segmenter is inside an utterance."""
         self._resampler: StreamResampler | None = None
+        self._resampler_turn = -1  # the turn whose audio the resampler holds samples of
         self._held: list[str | bytes] | None = []  # frames made before "ready" was sent
+
+    def touch(self) -> None:
+        """The user did something: the idle timeout starts again."""
+        self.last_activity = time.monotonic()
 
     async def release(self) -> None:
         """Send what was held back; from now on frames go out at once."""
@@ -396,23 +487,57 @@ class _Sender:
         return self.requested_rate or self.source_rate
 
     async def __call__(self, event: Event) -> None:
+        if isinstance(event, SpeechStarted):
+            self.user_speaking = True
+            self.touch()
+        elif isinstance(event, SpeechStopped | Transcript):
+            self.user_speaking = False
+            self.touch()
+        frames: list[str | bytes | None] = []
         if isinstance(event, AudioOut) and self.output_rate != event.sample_rate_hz:
-            if self._resampler is None or self._resampler.from_hz != event.sample_rate_hz:
-                self._resampler = StreamResampler(event.sample_rate_hz, self.output_rate)
-            frame: str | bytes | None = self._resampler.process(event.pcm)
+            resampler = self._resampler
+            if (
+                resampler is None
+                or resampler.from_hz != event.sample_rate_hz
+                or self._resampler_turn != event.turn_id
+            ):
+                # A fresh filter per turn: samples held of another turn are never sent.
+                resampler = self._resampler = StreamResampler(
+                    event.sample_rate_hz, self.output_rate
+                )
+                self._resampler_turn = event.turn_id
+            frames.append(resampler.process(event.pcm))
         else:
-            frame = encode_event(event)
-        if not frame:
-            return
-        if self._held is not None:
-            self._held.append(frame)
-        else:
-            await _send_quietly(self.connection, frame)
+            if self._resampler is not None:
+                if isinstance(event, ReplyDone) and event.turn_id == self._resampler_turn:
+                    # The end of the reply still sits in the filter: it goes before reply_done.
+                    frames.append(self._resampler.process(b"", last=True))
+                    self._resampler = None
+                elif isinstance(event, Interrupted):
+                    self._resampler = None  # the cut turn's held samples are dropped
+            frames.append(encode_event(event))
+        for frame in frames:
+            if not frame:
+                continue
+            if self._held is not None:
+                self._held.append(frame)
+            else:
+                await _send_quietly(self.connection, frame)
 
 
 async def _send_quietly(connection: ServerConnection, frame: str | bytes) -> None:
     with contextlib.suppress(ConnectionClosed):
         await connection.send(frame)
+
+
+async def _close_quietly(connection: ServerConnection, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):  # shutting down: a broken connection is closed anyway
+        await connection.close(code, reason)
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as bytes for a constant-time compare (which refuses non-ASCII ``str``)."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
