@@ -122,12 +122,44 @@ def test_corruption_is_detected_and_force_pull_repairs(tmp_path: Path, index) ->
     assert manager.status("fake-stt") == "ok"  # the quick check looks at sizes only
     with pytest.raises(ModelVerifyError, match=r"pull --force fake-stt"):
         manager.verify("fake-stt")
+    with pytest.raises(ModelVerifyError, match=r"pull --force fake-stt"):
+        manager.path("fake-stt")  # what an engine loads is checked too
     model.write_bytes(bytes(data[:-5]))  # truncated
     assert manager.status("fake-stt") == "damaged"
     with pytest.raises(ModelVerifyError, match=r"pull --force fake-stt"):
         manager.path("fake-stt")
     manager.pull("fake-stt", force=True)
     manager.verify("fake-stt")
+
+
+def test_loading_rehashes_only_files_changed_since_their_check(
+    tmp_path: Path, index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import voicebot.models as models
+
+    manager = manager_for(tmp_path, index)
+    manager.pull("fake-stt")
+    hashed: list[str] = []
+    real_sha256 = models._sha256
+
+    def counting_sha256(path: Path, progress: object = None) -> str:
+        hashed.append(path.name)
+        return real_sha256(path, progress)
+
+    monkeypatch.setattr(models, "_sha256", counting_sha256)
+    manager.path("fake-stt")
+    assert hashed == []  # checked when pulled, unchanged since: nothing is read again
+    model = tmp_path / "models" / "fake-stt" / "model.bin"
+    data = bytearray(model.read_bytes())
+    data[10] ^= 0xFF  # same size, different content: only a hash can tell
+    model.write_bytes(bytes(data))
+    with pytest.raises(ModelVerifyError, match=r"model.bin has sha256 .* pull --force fake-stt"):
+        manager.path("fake-stt")
+    assert hashed == ["model.bin"]
+    manager.pull("fake-stt", force=True)
+    hashed.clear()
+    manager.path("fake-stt")
+    assert hashed == []
 
 
 def test_a_wheel_with_the_wrong_hash_is_refused(tmp_path: Path, index) -> None:

@@ -276,17 +276,67 @@ class ModelManager:
             )
 
     def path(self, model_id: str) -> Path:
-        """The path an engine loads (a directory or a file), after a quick presence check.
+        """The path an engine loads (a directory or a file), after checking its files.
+
+        Every file's sha256 was checked when it was written (or by :meth:`verify`), and its
+        size, modification time and inode recorded: a file whose record still matches is
+        not read again, one that changed since is re-hashed before anything loads it.
 
         Raises:
             ModelNotFoundError: not pulled (the message names the command that fixes it).
-            ModelVerifyError: files missing or of the wrong size.
+            ModelVerifyError: files missing, of the wrong size, or altered.
         """
         entry = self.get(model_id)
         if entry.source == "installed":
             return self._installed_path(entry)
         self._check_present(entry)
+        self._check_unchanged(entry, rehash_all=False)
         return self.model_dir(model_id) / entry.entry
+
+    def _expected_hashes(self, entry: CatalogModel) -> tuple[dict[str, str], dict[str, Any]]:
+        """Expected sha256 by file (the catalog's, plus converted files'), and the marker."""
+        marker_path = self.model_dir(entry.id) / _MARKER
+        try:
+            marker = json.loads(marker_path.read_text())
+        except (OSError, ValueError):
+            marker = {}
+        expected = {f.dest: f.sha256 for f in entry.files}
+        derived = marker.get("derived")
+        if isinstance(derived, dict):
+            expected.update({str(k): str(v) for k, v in derived.items()})
+        return expected, marker
+
+    def _check_unchanged(self, entry: CatalogModel, *, rehash_all: bool) -> None:
+        """Re-hash the files changed since their last check (all of them with ``rehash_all``)."""
+        directory = self.model_dir(entry.id)
+        expected, marker = self._expected_hashes(entry)
+        recorded = marker.get("checked")
+        checked: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+        stale = {
+            dest: digest
+            for dest, digest in expected.items()
+            if rehash_all or checked.get(dest) != _stat_key(directory / dest)
+        }
+        if not stale:
+            return
+        total = sum(_size(directory / dest) for dest in stale)
+        with _progress(total, f"verify {entry.id}", self.progress) as bar:
+            for dest, want in stale.items():
+                path = directory / dest
+                if not path.is_file():
+                    raise ModelVerifyError(
+                        f"model {entry.id!r} is damaged ({dest} is missing): "
+                        f"run `voicebot models pull --force {entry.id}`"
+                    )
+                digest = _sha256(path, bar)
+                if digest != want:
+                    raise ModelVerifyError(
+                        f"model {entry.id!r} is damaged ({dest} has sha256 {digest[:12]}..., "
+                        f"expected {want[:12]}...): run `voicebot models pull --force {entry.id}`"
+                    )
+                checked[dest] = _stat_key(path)
+        marker["checked"] = checked
+        _write_marker(directory, marker)
 
     def _installed_path(self, entry: CatalogModel) -> Path:
         if entry.kind == "wake":
@@ -312,16 +362,7 @@ class ModelManager:
             self._installed_path(entry)
             return
         self._check_present(entry)
-        directory = self.model_dir(model_id)
-        with _progress(entry.size_bytes, f"verify {model_id}", self.progress) as bar:
-            for spec in entry.files:
-                digest = _sha256(directory / spec.dest, bar)
-                if digest != spec.sha256:
-                    raise ModelVerifyError(
-                        f"model {model_id!r} is damaged ({spec.dest} has sha256 {digest[:12]}..., "
-                        f"expected {spec.sha256[:12]}...): run `voicebot models pull --force "
-                        f"{model_id}`"
-                    )
+        self._check_unchanged(entry, rehash_all=True)
 
     def pull(self, model_id: str, *, force: bool = False) -> Path:
         """Download, extract, verify (and convert) a model; a no-op when already there.
@@ -349,12 +390,22 @@ class ModelManager:
             convert_gguf_to_safetensors(directory / gguf, directory / entry.entry)
         elif entry.convert:
             raise ModelError(f"catalog: unknown conversion {entry.convert!r} for {model_id}")
+        # Extraction checked every file against the catalog; converted files are hashed now,
+        # so a later change to them is caught too.
+        derived: dict[str, str] = {}
+        if entry.convert:
+            converted = directory / entry.entry
+            for path in sorted(p for p in converted.rglob("*") if p.is_file()):
+                derived[path.relative_to(directory).as_posix()] = _sha256(path)
+        names = [f.dest for f in entry.files] + list(derived)
         marker = {
             "id": entry.id,
             "packages": [f"{p.name}=={p.version}" for p in entry.packages],
             "files": {f.dest: f.sha256 for f in entry.files},
+            "derived": derived,
+            "checked": {name: _stat_key(directory / name) for name in names},
         }
-        (directory / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        _write_marker(directory, marker)
         return directory / entry.entry
 
     def _download(self, package: PackageSource, dest: Path) -> Path:
@@ -425,6 +476,32 @@ class ModelManager:
         finally:
             for archive in archives:
                 archive.close()
+
+
+def _stat_key(path: Path) -> list[int]:
+    """What changes when a file is rewritten: size, modification time (ns) and inode."""
+    try:
+        info = path.stat()
+    except OSError:
+        return []
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _write_marker(directory: Path, marker: dict[str, Any]) -> None:
+    """Write the pull marker atomically; a read-only models directory only skips the record."""
+    partial = directory / (_MARKER + ".part")
+    try:
+        partial.write_text(json.dumps(marker, indent=2) + "\n")
+        partial.replace(directory / _MARKER)
+    except OSError as error:
+        _LOGGER.debug("could not record the model check in %s: %s", directory, error)
 
 
 def _read_member(archives: list[zipfile.ZipFile], member: str, model_id: str) -> Iterator[bytes]:
