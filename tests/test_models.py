@@ -266,3 +266,7 @@ def test_model_references_resolve_to_catalog_paths_local_paths_or_hub_names(tmp_
         resolve_model("whisper-tiny.en", "llm", manager)
     with pytest.raises(ModelNotFoundError, match="unknown tts model 'nope'"):
         resolve_model("nope", "tts", manager)
+    # faster-whisper's own size names, for users with network.
+    assert resolve_model("small.en", "stt", manager) == "small.en"
+    with pytest.raises(ModelNotFoundError, match="unknown llm model 'small.en'"):
+        resolve_model("small.en", "llm", manager)

@@ -130,7 +130,8 @@ def resolve_model(reference: str, kind: str, manager: ModelManager) -> str | Pat
     """Turn a model reference into what an engine loads.
 
     A catalog id gives its pulled path; an existing path is used as is; a name with a slash is
-    taken as a hub name (it needs network at load time).
+    taken as a hub name, and so is one of faster-whisper's own size names (``small.en``,
+    ``large-v3``) for speech to text: both need network at load time.
 
     Raises:
         ModelNotFoundError: none of those, or a catalog model that is not pulled.
@@ -145,11 +146,20 @@ def resolve_model(reference: str, kind: str, manager: ModelManager) -> str | Pat
         return path
     if "/" in reference and not reference.startswith((".", "/", "~")):
         return reference
+    if kind == "stt" and reference in _whisper_size_names():
+        return reference
     ids = ", ".join(sorted(e.id for e in manager.catalog.values() if e.kind == kind))
     raise ModelNotFoundError(
         f"unknown {kind} model {reference!r}: not a catalog id ({ids}), an existing path, "
         "or a hub name"
     )
+
+
+def _whisper_size_names() -> list[str]:
+    """The names faster-whisper itself maps to hub repositories (``tiny.en`` ... ``turbo``)."""
+    from faster_whisper.utils import available_models
+
+    return list(available_models())
 
 
 def model_manager(settings: Settings) -> ModelManager:
