@@ -14,7 +14,7 @@ import pytest
 from voicebot.audio import float_to_pcm16, read_audio, silence, write_wav
 from voicebot.config import Settings
 from voicebot.engines import Engines
-from voicebot.events import Interrupted, Metrics, ReplyDone, Transcript
+from voicebot.events import Interrupted, Metrics, ReplyDone, ReplyText, Transcript
 from voicebot.session import Session
 from voicebot.store import Store
 from voicebot.transports.file import feed_recording
@@ -82,13 +82,11 @@ async def test_talking_over_the_reply_interrupts_it(
     first_reply = next(t for t in store.turns(session.conversation_id) if t.role == "assistant")
     assert first_reply.interrupted
     assert first_reply.text == interrupted[0].heard_text
-    full = (
-        next(e.text for e in recorder.of(ReplyDone) if e.turn_id == interrupted[0].turn_id)
-        if any(e.turn_id == interrupted[0].turn_id for e in recorder.of(ReplyDone))
-        else None
-    )
-    if full is not None:
-        assert len(first_reply.text) < len(full)
+    # What was heard is the start of what the bot had written, and less than all of it.
+    written = " ".join(e.text for e in recorder.of(ReplyText) if e.turn_id == 1)
+    heard = first_reply.text.split()
+    assert heard and written.split()[: len(heard)] == heard
+    assert len(heard) < len(written.split())
     # The interruption itself became the next turn.
     later = [e.text.lower() for e in recorder.of(Transcript)][1:]
     assert any(w in t for t in later for w in ("stop", "enough", "thank")), later
@@ -154,3 +152,48 @@ def test_chat_file_mode_writes_time_aligned_replies(speech: Speech, tmp_path: Pa
     assert speech_end_s < first_s < speech_end_s + 6.0
     heard = speech.engines.stt.transcribe(out[int(first_s * RATE) * 2 :]).text.lower()
     assert "paris" in heard
+
+
+def test_chat_file_mode_barge_in_cuts_the_reply(speech: Speech, tmp_path: Path) -> None:
+    # `voicebot chat --input` on a recording where the user talks over the reply.
+    question = speech.piper("Tell me a long story about a dragon who lived in a castle.")
+    interruption = speech.espeak("Okay that is enough thank you")
+    lead = silence(0.5, RATE) + question + silence(3.5, RATE)
+    recording = lead + interruption + silence(8.0, RATE)
+    wav_in, wav_out = tmp_path / "in.wav", tmp_path / "out.wav"
+    write_wav(wav_in, recording, RATE)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voicebot",
+            "chat",
+            "--input",
+            str(wav_in),
+            "--output",
+            str(wav_out),
+        ],
+        env={
+            **os.environ,
+            "VOICEBOT_MODELS": str(REPO / "models"),
+            "VOICEBOT_DATA_DIR": str(tmp_path),
+            "VOICEBOT_LLM_MAX_SENTENCES": "0",  # a story long enough to talk over
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[interrupted; heard:" in result.stdout, result.stdout
+    out = np.frombuffer(read_audio(wav_out, RATE), dtype="<i2").astype(np.float32) / 32768
+
+    def loudness(start_s: float, end_s: float) -> float:
+        part = out[int(start_s * RATE) : int(end_s * RATE)]
+        return float(np.sqrt(np.mean(part**2))) if part.size else 0.0
+
+    start_s = len(lead) / 2 / RATE
+    talk_s = len(interruption) / 2 / RATE
+    # The story was playing when the user cut in ...
+    assert loudness(start_s - 1.5, start_s) > 0.01
+    # ... and stopped within a moment: silence while the user is still talking.
+    assert loudness(start_s + 0.8, start_s + talk_s) < 0.002
