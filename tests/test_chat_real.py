@@ -113,9 +113,10 @@ async def test_silence_or_noise_gives_no_turn(
     assert store.turns(session.conversation_id) == []
 
 
-def test_chat_file_mode_writes_time_aligned_replies(speech: Speech, tmp_path: Path) -> None:
-    question = speech.piper("What is the capital of France?")
-    recording = silence(1.0, RATE) + question + silence(8.0, RATE)
+def chat_on_file(
+    recording: bytes, tmp_path: Path, **environ: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run `voicebot chat --input IN.wav --output OUT.wav` on a recording."""
     wav_in, wav_out = tmp_path / "in.wav", tmp_path / "out.wav"
     write_wav(wav_in, recording, RATE)
     result = subprocess.run(
@@ -133,11 +134,19 @@ def test_chat_file_mode_writes_time_aligned_replies(speech: Speech, tmp_path: Pa
             **os.environ,
             "VOICEBOT_MODELS": str(REPO / "models"),
             "VOICEBOT_DATA_DIR": str(tmp_path),
+            **environ,
         },
         capture_output=True,
         text=True,
         timeout=300,
     )
+    return result, wav_out
+
+
+def test_chat_file_mode_writes_time_aligned_replies(speech: Speech, tmp_path: Path) -> None:
+    question = speech.piper("What is the capital of France?")
+    recording = silence(1.0, RATE) + question + silence(8.0, RATE)
+    result, wav_out = chat_on_file(recording, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "you: What is the capital of France?" in result.stdout
     assert "voice_to_voice" in result.stderr
@@ -160,29 +169,8 @@ def test_chat_file_mode_barge_in_cuts_the_reply(speech: Speech, tmp_path: Path) 
     interruption = speech.espeak("Okay that is enough thank you")
     lead = silence(0.5, RATE) + question + silence(3.5, RATE)
     recording = lead + interruption + silence(8.0, RATE)
-    wav_in, wav_out = tmp_path / "in.wav", tmp_path / "out.wav"
-    write_wav(wav_in, recording, RATE)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "voicebot",
-            "chat",
-            "--input",
-            str(wav_in),
-            "--output",
-            str(wav_out),
-        ],
-        env={
-            **os.environ,
-            "VOICEBOT_MODELS": str(REPO / "models"),
-            "VOICEBOT_DATA_DIR": str(tmp_path),
-            "VOICEBOT_LLM_MAX_SENTENCES": "0",  # a story long enough to talk over
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # A story long enough to talk over.
+    result, wav_out = chat_on_file(recording, tmp_path, VOICEBOT_LLM_MAX_SENTENCES="0")
     assert result.returncode == 0, result.stderr
     assert "[interrupted; heard:" in result.stdout, result.stdout
     out = np.frombuffer(read_audio(wav_out, RATE), dtype="<i2").astype(np.float32) / 32768
