@@ -3,7 +3,8 @@
 Chromium's fake microphone plays a WAV of Piper asking a question; the page streams it over
 the websocket, and the test checks what the page shows, what it played and what the server
 stored. Chromium is Debian's (``/usr/bin/chromium``, or ``$VOICEBOT_CHROMIUM``) driven by
-Playwright; ``playwright install`` is never needed.
+Playwright; ``playwright install`` is never needed. The tests open the page with ``?test``,
+which turns on its test hook (``window.voicebotTest``: events, playback state, latencies).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from voicebot.engines import Engines
 from voicebot.store import Store
 from voicebot.transports.websocket import VoiceServer
 
-from .conftest import Speech
+from .conftest import Speech, make_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.models]
 
@@ -51,6 +52,28 @@ STEP_MS = 30_000
 TURN_MS = 120_000
 """Bound of a spoken turn: the question, transcription, reply and its speech on a slow CPU."""
 STATUS = "#status-text"
+PIRATE_CONFIG = """
+[profiles.pirate]
+display_name = "Captain Flint"
+greeting = "Ahoy! I be {name}. What be your question?"
+"""
+"""A second profile, with its own name and greeting."""
+LONG_GREETING = (
+    "Hello, I am Nova, your test assistant. This greeting is long on purpose, "
+    "so that there is plenty of time to cut me off before I am done speaking."
+)
+LONG_GREETING_CONFIG = f"""
+[profiles.default]
+greeting = "{LONG_GREETING}"
+"""
+"""A greeting that plays for several seconds: long enough to interrupt."""
+HEARD_AFTER = re.compile(r"server (\d+(?:\.\d+)?) (ms|s) · heard after (\d+(?:\.\d+)?) (ms|s)")
+"""The latency label after a spoken turn."""
+
+
+def page_url(server: VoiceServer) -> str:
+    """The page with its test hook (``window.voicebotTest``) turned on."""
+    return f"{server.url.rstrip('/')}/?test"
 
 
 def fake_mic_args(wav: Path, *, allow: bool = True) -> list[str]:
@@ -92,10 +115,20 @@ class BrowserPage:
         )
 
     async def hook(self) -> dict[str, Any]:
-        """The page's test hook (``window.voicebotTest``)."""
-        value = await asyncio.wait_for(self.page.evaluate("window.voicebotTest"), STEP_MS / 1000)
-        assert isinstance(value, dict)
+        """A snapshot of the page's test hook (``window.voicebotTest``), getters included."""
+        value = await asyncio.wait_for(
+            self.page.evaluate("JSON.parse(JSON.stringify(window.voicebotTest))"), STEP_MS / 1000
+        )
+        assert isinstance(value, dict), "no test hook: was the page opened with ?test?"
         return value
+
+    async def wait_for(self, expression: str, arg: Any = None, timeout_ms: int = STEP_MS) -> Any:
+        """The first truthy value of ``expression`` (a JS function of ``arg``), checked on
+        every animation frame of the page."""
+        handle = await self.page.wait_for_function(
+            expression, arg=arg, polling="raf", timeout=timeout_ms
+        )
+        return await handle.json_value()
 
     async def events(self, kind: str) -> list[dict[str, Any]]:
         """The server events of one type the page received."""
@@ -185,7 +218,7 @@ async def test_spoken_question_is_answered_in_the_browser(
         chromium(fake_mic_args(question_wav), viewport={"width": 900, "height": 760}) as browser,
     ):
         page = browser.page
-        await page.goto(server.url, timeout=STEP_MS)
+        await page.goto(page_url(server), timeout=STEP_MS)
         await expect(page.locator("#profile option")).to_have_count(1, timeout=STEP_MS)
         await page.click("#start", timeout=STEP_MS)
 
@@ -199,21 +232,46 @@ async def test_spoken_question_is_answered_in_the_browser(
         await expect(latency.first).to_have_text(
             re.compile(r"\d+(\.\d+)? (ms|s) "), timeout=TURN_MS
         )
-        await expect(page.locator("#latency-label")).to_contain_text(re.compile(r"\d"))
+        label = page.locator("#latency-label")
+        await expect(label).to_have_text(HEARD_AFTER, timeout=STEP_MS)
         answered_s = time.perf_counter() - started
 
+        (transcript,) = [e for e in await browser.events("transcript") if e["text"]]
+        assert re.search(r"capital.*france", transcript["text"], re.I), transcript
+        turn = transcript["turn_id"]
+        # The reply really played in the page: the AudioContext's clock went past the start
+        # of the reply's first buffer, buffers played to their end, and the output was loud.
+        played = await browser.wait_for(
+            """turn => {
+                const t = window.voicebotTest;
+                const start = t.replyStarts[turn];
+                return start !== undefined && t.currentTime > start + 0.2 && t.endedChunks > 0
+                    && t.outputPeak > 0.01 && {start, now: t.currentTime};
+            }""",
+            turn,
+            TURN_MS,
+        )
+        assert played["now"] > played["start"] > 0
         hook = await browser.hook()
         assert hook["audioBytes"] > 0
-        assert hook["playedChunks"] > 0
+        assert hook["playedChunks"] >= hook["endedChunks"] > 0
+        assert 0.01 < hook["outputPeak"] <= 1.0
         starts = [m for m in hook["sent"] if m["type"] == "start"]
         assert starts and starts[0]["barge_in"] is True and starts[0]["greet"] is True
         assert 8000 <= starts[0]["sample_rate"] <= 48000
-        (transcript,) = [e for e in await browser.events("transcript") if e["text"]]
-        assert re.search(r"capital.*france", transcript["text"], re.I), transcript
-        (metrics,) = [
-            e for e in await browser.events("metrics") if e["turn_id"] == transcript["turn_id"]
-        ]
+        (metrics,) = [e for e in await browser.events("metrics") if e["turn_id"] == turn]
         assert metrics["ms"]["voice_to_voice"] > 0
+        # The label: the server's number, then what this page measured (from the end of the
+        # speech, which the server saw end_of_turn ms before it said speech_stopped).
+        shown = HEARD_AFTER.search(await label.inner_text(timeout=STEP_MS))
+        assert shown is not None
+        heard_ms = hook["heardMs"][str(turn)]
+        assert heard_ms > metrics["ms"]["end_of_turn"] > 0
+        unit = {"ms": 1.0, "s": 1000.0}
+        assert float(shown[1]) * unit[shown[2]] == pytest.approx(
+            metrics["ms"]["voice_to_voice"], abs=10
+        )
+        assert float(shown[3]) * unit[shown[4]] == pytest.approx(heard_ms, abs=10)
 
         conversation_id = await page.evaluate("localStorage.getItem('voicebot.conversation_id')")
         ready = (await browser.events("ready"))[0]
@@ -230,8 +288,123 @@ async def test_spoken_question_is_answered_in_the_browser(
         assert browser.console_errors == []
         print(
             f"\nheard after {heard_s:.1f} s, answered after {answered_s:.1f} s, "
-            f"stages (ms) {metrics['ms']}, screenshot {shot}"
+            f"stages (ms) {metrics['ms']}, reply heard {heard_ms:.0f} ms after the speech "
+            f"ended, screenshot {shot}"
         )
+
+
+async def test_reply_playback_stops_at_once_when_interrupted(
+    real_engines: Engines, tmp_path: Path, store: Store, silent_wav: Path
+) -> None:
+    settings = make_settings(tmp_path, LONG_GREETING_CONFIG)
+    async with (
+        asyncio.timeout(240),
+        running_server(real_engines, settings, store) as server,
+        chromium(fake_mic_args(silent_wav)) as browser,
+    ):
+        page = browser.page
+        await page.goto(page_url(server), timeout=STEP_MS)
+        await page.click("#start", timeout=STEP_MS)
+        # The greeting plays, with more than a second of it still scheduled.
+        ahead = await browser.wait_for(
+            """() => {
+                const t = window.voicebotTest;
+                return t.playing > 0 && t.playEnd - t.currentTime > 1.0
+                    && {playing: t.playing, left_s: t.playEnd - t.currentTime};
+            }""",
+            timeout_ms=TURN_MS,
+        )
+        assert ahead["playing"] > 0
+        # Typing barges in: the server stops the greeting and says `interrupted`. Only that
+        # event may stop the page's playback (sending a message does not).
+        await page.fill("#text", "Tell me a joke.", timeout=STEP_MS)
+        await page.press("#text", "Enter", timeout=STEP_MS)
+        after = await browser.wait_for(
+            """() => {
+                const t = window.voicebotTest;
+                return t.events.some(e => e.type === "interrupted")
+                    && {playing: t.playing, playEnd: t.playEnd};
+            }""",
+            timeout_ms=STEP_MS,
+        )
+        # On the first animation frame after the event: every buffer stopped, none scheduled.
+        assert after == {"playing": 0, "playEnd": 0}
+        (interrupted,) = await browser.events("interrupted")
+        assert interrupted["turn_id"] == 0  # the greeting
+        greeting = page.locator(".msg.bot.cut")
+        await expect(greeting).to_have_count(1, timeout=STEP_MS)
+        await expect(greeting.locator(".badge")).to_have_text("interrupted")
+        # The answer to the typed message plays afterwards.
+        reply = page.locator(".msg.user + .msg.bot .text")
+        await expect(reply.first).to_have_text(re.compile(r"\w"), timeout=TURN_MS)
+        await browser.wait_for("() => window.voicebotTest.playing > 0", timeout_ms=TURN_MS)
+        assert browser.page_errors == []
+        assert browser.console_errors == []
+
+
+async def test_profile_picker_starts_the_chosen_profile(
+    real_engines: Engines, tmp_path: Path, store: Store, silent_wav: Path
+) -> None:
+    settings = make_settings(tmp_path, PIRATE_CONFIG)
+    async with (
+        asyncio.timeout(240),
+        running_server(real_engines, settings, store) as server,
+        chromium(fake_mic_args(silent_wav)) as browser,
+    ):
+        page = browser.page
+        await page.goto(page_url(server), timeout=STEP_MS)
+        config = await page.evaluate("fetch('/config.json').then(r => r.json())")
+        assert config["profiles"] == [
+            {"name": "default", "display_name": "Nova"},
+            {"name": "pirate", "display_name": "Captain Flint"},
+        ]
+        assert config["default_profile"] == "default"
+        options = page.locator("#profile option")
+        await expect(options).to_have_text(["Nova (default)", "Captain Flint (pirate)"])
+        await expect(page.locator("#profile")).to_have_value("default")
+
+        await page.select_option("#profile", "pirate", timeout=STEP_MS)
+        await page.click("#start", timeout=STEP_MS)
+        await expect(page.locator("#bot-name")).to_have_text("· Captain Flint", timeout=STEP_MS)
+        greeting = page.locator(".msg.bot .text")
+        await expect(greeting.first).to_have_text(
+            "Ahoy! I be Captain Flint. What be your question?", timeout=TURN_MS
+        )
+        hook = await browser.hook()
+        (start,) = [m for m in hook["sent"] if m["type"] == "start"]
+        assert start["profile"] == "pirate"
+        (ready,) = await browser.events("ready")
+        assert ready["profile"] == "pirate" and ready["display_name"] == "Captain Flint"
+        (session,) = server.sessions.values()
+        assert session.profile.name == "pirate"
+        assert not [e for e in hook["events"] if "Nova" in str(e.get("text", ""))]
+
+        # The choice is remembered by the page.
+        await page.click("#hangup", timeout=STEP_MS)
+        await page.reload(timeout=STEP_MS)
+        await expect(page.locator("#profile")).to_have_value("pirate", timeout=STEP_MS)
+        assert browser.page_errors == []
+        assert browser.console_errors == []
+
+
+async def test_test_hook_is_off_without_the_test_flag(
+    real_engines: Engines, settings: Settings, store: Store, silent_wav: Path
+) -> None:
+    async with (
+        asyncio.timeout(120),
+        running_server(real_engines, settings, store) as server,
+        chromium(fake_mic_args(silent_wav)) as browser,
+    ):
+        page = browser.page
+        await page.goto(server.url, timeout=STEP_MS)
+        # The page's script ran (it filled the picker from /config.json) without the hook.
+        await expect(page.locator("#profile option")).to_have_count(1, timeout=STEP_MS)
+        assert await page.evaluate("typeof window.voicebotTest") == "undefined"
+        await page.goto(page_url(server), timeout=STEP_MS)
+        await expect(page.locator("#profile option")).to_have_count(1, timeout=STEP_MS)
+        assert await page.evaluate("typeof window.voicebotTest") == "object"
+        assert browser.page_errors == []
+        assert browser.console_errors == []
 
 
 async def test_denied_microphone_is_explained_and_typing_still_works(
@@ -248,7 +421,7 @@ async def test_denied_microphone_is_explained_and_typing_still_works(
         ) as browser,
     ):
         page = browser.page
-        await page.goto(server.url, timeout=STEP_MS)
+        await page.goto(page_url(server), timeout=STEP_MS)
         await page.click("#start", timeout=STEP_MS)
         notice = page.locator("#notice")
         await expect(notice).to_be_visible(timeout=STEP_MS)
@@ -275,7 +448,7 @@ async def test_page_reconnects_and_resumes_after_the_server_restarts(
         page = browser.page
         async with running_server(real_engines, settings, store) as server:
             port = server.port
-            await page.goto(server.url, timeout=STEP_MS)
+            await page.goto(page_url(server), timeout=STEP_MS)
             await page.click("#start", timeout=STEP_MS)
             await expect(page.locator(STATUS)).to_have_text(
                 re.compile(r"^(Listening|Speaking)"), timeout=STEP_MS

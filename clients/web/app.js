@@ -33,14 +33,41 @@ const STAGES = [
 ];
 
 /*
- * Test hook, read by tests/test_browser.py (cheap, always on):
+ * Test hook, read by tests/test_browser.py. Only a page opened with `?test` in its URL has it
+ * (`window.voicebotTest`); without the flag it is not exposed and keeps no event log.
  *   events        the server's JSON events as received (the last 500)
  *   sent          the JSON messages sent (start, text, interrupt, stop), token redacted
  *   audioBytes    reply audio bytes received
  *   playedChunks  reply audio chunks scheduled for playback
+ *   endedChunks   scheduled chunks that played to their end (not stopped)
+ *   playing       audio buffers scheduled or playing now
+ *   playEnd       AudioContext time at which the scheduled audio ends (0: none scheduled)
+ *   currentTime   the AudioContext's time now
+ *   replyStarts   {turn_id: AudioContext time at which that spoken turn's reply starts}
+ *   heardMs       {turn_id: end of the user's speech to the reply heard, in ms}
+ *   outputPeak    the loudest sample seen on the playback output (0..1), by an AnalyserNode
  */
-const testHook = { events: [], sent: [], audioBytes: 0, playedChunks: 0 };
-window.voicebotTest = testHook;
+const TEST_MODE = new URLSearchParams(location.search).has("test");
+const testHook = {
+  events: [],
+  sent: [],
+  audioBytes: 0,
+  playedChunks: 0,
+  endedChunks: 0,
+  replyStarts: {},
+  heardMs: {},
+  outputPeak: 0,
+  get playing() {
+    return app.play.sources.size;
+  },
+  get playEnd() {
+    return app.play.sources.size ? app.play.next : 0;
+  },
+  get currentTime() {
+    return app.ctx ? app.ctx.currentTime : 0;
+  },
+};
+if (TEST_MODE) window.voicebotTest = testHook;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -85,7 +112,13 @@ const app = {
   preReadyBytes: 0,
   level: 0,
   levelFrame: 0,
-  play: { sources: new Set(), next: 0 },
+  play: { sources: new Set(), next: 0, out: null },
+  // "Heard after": the user's end of speech to the first reply sample played, for spoken turns.
+  voice: {
+    stopped: new Map(), // turn_id -> performance.now() when `speech_stopped` arrived
+    awaiting: null, // the turn whose first reply audio is due (its transcript has arrived)
+    span: new Map(), // turn_id -> ms from `speech_stopped` to its first reply sample heard
+  },
   shownConversation: null, // the conversation whose turns the log shows
   bubbles: new Map(), // "session:turn:role" -> <li>
   cut: new Set(), // keys of interrupted bot bubbles
@@ -283,11 +316,68 @@ function showMetrics(turnId, ms) {
   summary.title = lines.join("\n");
   details.append(summary, list);
   item.append(details);
-  if (typeof main === "number") ui.latencyLabel.textContent = `Last reply: ${formatMs(main)}`;
+  // The server sent `speech_stopped` `end_of_turn` ms after the speech ended in the stream
+  // (the silence that ends a turn); the rest was measured here, on this page's clock.
+  const span = app.voice.span.get(turnId);
+  app.voice.span.delete(turnId);
+  const heard =
+    typeof span === "number" && typeof ms.end_of_turn === "number"
+      ? ms.end_of_turn + span
+      : undefined;
+  if (typeof heard === "number") {
+    testHook.heardMs[turnId] = heard;
+    const term = document.createElement("dt");
+    term.textContent = "heard after (this browser)";
+    const value = document.createElement("dd");
+    value.textContent = formatMs(heard);
+    list.append(term, value);
+    summary.title += `\nheard after (this browser): ${formatMs(heard)}`;
+  }
+  if (typeof main === "number") {
+    // "server": end of speech to the first reply audio sent. "heard after": to the first
+    // reply sample played here, network and audio output included (typed turns have none).
+    ui.latencyLabel.textContent =
+      `Last reply: server ${formatMs(main)}` +
+      (typeof heard === "number" ? ` · heard after ${formatMs(heard)}` : "");
+    ui.latencyLabel.title =
+      "server: from the end of your speech to the first reply audio sent\n" +
+      "heard after: from the end of your speech to the reply starting to play in this page";
+  }
   scrollToEnd();
 }
 
 // ------------------------------------------------------------------------------ playback
+
+// The performance.now() time at which AudioContext time `contextTime` is heard.
+function audibleAt(ctx, contextTime) {
+  const stamp = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : null;
+  if (stamp && stamp.performanceTime > 0) {
+    return stamp.performanceTime + (contextTime - stamp.contextTime) * 1000;
+  }
+  const latency = ctx.outputLatency || ctx.baseLatency || 0;
+  return performance.now() + (contextTime - ctx.currentTime + latency) * 1000;
+}
+
+function playbackOutput(ctx) {
+  if (app.play.out) return app.play.out;
+  const out = ctx.createGain();
+  out.connect(ctx.destination);
+  if (TEST_MODE) {
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 2048; // ~43 ms at 48 kHz: sampled every 20 ms, no sample is missed
+    out.connect(analyser);
+    const samples = new Float32Array(analyser.fftSize);
+    setInterval(() => {
+      if (!app.play.sources.size) return;
+      analyser.getFloatTimeDomainData(samples);
+      for (const sample of samples) {
+        testHook.outputPeak = Math.max(testHook.outputPeak, Math.abs(sample));
+      }
+    }, 20);
+  }
+  app.play.out = out;
+  return out;
+}
 
 function playChunk(buffer) {
   const ctx = app.ctx;
@@ -299,18 +389,33 @@ function playChunk(buffer) {
   for (let i = 0; i < count; i++) channel[i] = view.getInt16(2 * i, true) / 32768;
   const source = ctx.createBufferSource();
   source.buffer = audio;
-  source.connect(ctx.destination);
+  source.connect(playbackOutput(ctx));
   // Back to back on the context's clock: each chunk starts exactly where the last one ends.
   if (app.play.next < ctx.currentTime + 0.01) app.play.next = ctx.currentTime + PLAY_LEAD_S;
   source.start(app.play.next);
+  noteReplyStart(ctx, app.play.next);
   app.play.next += audio.duration;
   app.play.sources.add(source);
   source.onended = () => {
+    testHook.endedChunks += 1;
     app.play.sources.delete(source);
     if (app.play.sources.size === 0) updateButtons();
   };
   testHook.playedChunks += 1;
   updateButtons();
+}
+
+// The first audio after a spoken turn's transcript is that turn's reply: the server stops any
+// earlier reply (`interrupted`) before it sends `speech_stopped`, and drops its stale audio.
+function noteReplyStart(ctx, contextTime) {
+  const turn = app.voice.awaiting;
+  if (turn === null) return;
+  app.voice.awaiting = null;
+  const stoppedAt = app.voice.stopped.get(turn);
+  app.voice.stopped.delete(turn);
+  if (stoppedAt === undefined) return;
+  app.voice.span.set(turn, audibleAt(ctx, contextTime) - stoppedAt);
+  testHook.replyStarts[turn] = contextTime;
 }
 
 function stopPlayback() {
@@ -478,7 +583,7 @@ function send(message) {
   const ws = app.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN) return false;
   ws.send(JSON.stringify(message));
-  testHook.sent.push(message.token ? { ...message, token: "***" } : message);
+  if (TEST_MODE) testHook.sent.push(message.token ? { ...message, token: "***" } : message);
   return true;
 }
 
@@ -613,8 +718,10 @@ function hangUp() {
 // ------------------------------------------------------------------------------ events
 
 function onEvent(message) {
-  testHook.events.push(message);
-  if (testHook.events.length > 500) testHook.events.shift();
+  if (TEST_MODE) {
+    testHook.events.push(message);
+    if (testHook.events.length > 500) testHook.events.shift();
+  }
   switch (message.type) {
     case "ready":
       onReady(message);
@@ -629,13 +736,16 @@ function onEvent(message) {
       renderStatus();
       break;
     case "speech_stopped":
+      app.voice.stopped.set(message.turn_id, performance.now());
       app.hearing = false;
       renderStatus();
       break;
     case "transcript":
       if (normalise(message.text)) {
         addBubble("user", message.text, { key: bubbleKey(message.turn_id, "user") });
+        app.voice.awaiting = app.voice.stopped.has(message.turn_id) ? message.turn_id : null;
       } else {
+        app.voice.stopped.delete(message.turn_id);
         addSystemLine("Sorry, I didn't catch that.");
       }
       break;
@@ -654,6 +764,7 @@ function onEvent(message) {
     }
     case "interrupted":
       stopPlayback();
+      app.voice.awaiting = null; // cut before its first audio: nothing of it will be heard
       markInterrupted(message.turn_id, message.heard_text);
       break;
     case "metrics":
@@ -676,6 +787,9 @@ function onReady(message) {
   app.sessionSeq += 1;
   app.freshConversation = false;
   app.play.next = 0;
+  app.voice.stopped.clear(); // turn ids restart with each session
+  app.voice.span.clear();
+  app.voice.awaiting = null;
   clearNotice("server");
   clearNotice("token");
   const conversation = message.conversation_id;
