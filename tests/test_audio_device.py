@@ -181,3 +181,25 @@ def test_a_missing_device_is_one_clear_line(pulse: dict[str, str]) -> None:
     assert result.returncode == 2
     assert "no input device 'no-such-mic'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_missing_device_in_satellite_mode_is_one_clear_line(pulse: dict[str, str]) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voicebot",
+            "daemon",
+            "--server",
+            "ws://127.0.0.1:9/ws",
+            "--input-device",
+            "no-such-mic",
+        ],
+        env={**pulse, "VOICEBOT_MODELS": str(REPO / "models")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2  # not a retry loop
+    assert "no input device 'no-such-mic'" in result.stderr
+    assert "Traceback" not in result.stderr

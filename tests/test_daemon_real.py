@@ -56,6 +56,7 @@ async def run_daemon(
         make_conversation=conversation,
         speaker=recorder,
         output_sample_rate_hz=engines.tts.sample_rate_hz,
+        mute_for_cue=False,  # as `voicebot daemon --input`: a recording hears no cue
     )
     await asyncio.wait_for(daemon.run(lambda: chunks_paced(pcm, RATE), restart=False), 300)
     return recorder, daemon
@@ -148,6 +149,7 @@ async def test_a_satellite_talks_through_a_server_and_survives_its_restart(
         make_conversation=lambda sink: RemoteConversation(url, sink),
         speaker=recorder,
         output_sample_rate_hz=22050,
+        mute_for_cue=False,
     )
     turn = wake(speech) + silence(0.3, RATE) + question(speech, "What is two plus two?")
     restarted = asyncio.Event()
@@ -241,6 +243,7 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     text = unit.read_text()
     assert "Type=notify" in text and "Restart=on-failure" in text and "WatchdogSec=" in text
     assert "daemon --wake-word hey_jarvis" in text
+    assert "RuntimeDirectory=voicebot" in text and "/opt/" not in text
     verify = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )

@@ -504,7 +504,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
 async def _client(args: argparse.Namespace) -> int:
     from .audio import read_audio, write_wav
     from .events import AudioOut, Interrupted
-    from .transports.client import VoiceClient
+    from .transports.client import REFUSAL_CLOSE_CODES, VoiceClient
     from .transports.file import Timeline
 
     if args.input:
@@ -521,7 +521,8 @@ async def _client(args: argparse.Namespace) -> int:
         token=args.token or "",
         profile=args.profile,
         conversation_id=args.conversation,
-        barge_in=args.barge_in,
+        # With the mic, open speakers let it hear the bot, which would interrupt itself.
+        barge_in=bool(args.input) if args.barge_in is None else args.barge_in,
         greet=False,
     )
     ready = await client.connect()
@@ -583,9 +584,16 @@ async def _client(args: argparse.Namespace) -> int:
         await client.close()
         if speaker is not None:
             speaker.close()
-    if args.output:
-        write_wav(args.output, timeline.audio(), out_rate)
-        print(f"[wrote {args.output}]", file=sys.stderr)
+        if args.output:  # also on Ctrl-C (a cancelled task): the only way mic mode ends
+            write_wav(args.output, timeline.audio(), out_rate)
+            print(f"[wrote {args.output}]", file=sys.stderr)
+    if client.closed_abnormally:
+        print(
+            f"[the server closed the session: {client.close_code} {client.close_reason}]",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_USAGE if client.close_code in REFUSAL_CLOSE_CODES else 1
     return 0
 
 
@@ -600,21 +608,23 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         raise VoicebotError(f"unexpected arguments: {' '.join(args.daemon_args)}")
     if bool(args.input) != bool(args.output):
         raise VoicebotError("--input and --output go together (file mode)")
-    from .engines.wake import MicroWakeWordDetector
-
-    wake = MicroWakeWordDetector(
-        settings.daemon.wake_word, threshold=settings.daemon.wake_threshold
-    )
     recording = b""
     if args.input:
         from .audio import read_audio
 
         recording = read_audio(args.input, 16000)
-    elif not settings.daemon.server:
+    else:
         from .transports.mic import resolve_device
 
+        # Local and satellite mode alike: a mistyped device is a usage error, said once,
+        # before any model loads (the reopen loop would otherwise retry it forever).
         resolve_device(args.input_device, "input")
         resolve_device(args.output_device, "output")
+    from .engines.wake import MicroWakeWordDetector
+
+    wake = MicroWakeWordDetector(
+        settings.daemon.wake_word, threshold=settings.daemon.wake_threshold
+    )
     engines = None
     store = None
     if not settings.daemon.server:
@@ -646,7 +656,7 @@ async def _daemon(
     from .audio import write_wav
     from .session import Session
     from .transports.console import ConsoleView, fan_out
-    from .transports.daemon import Daemon, ResamplingSource, StatusReporter, sd_notify
+    from .transports.daemon import Daemon, ResamplingSource, StatusReporter
     from .transports.file import Timeline, chunks_paced
 
     out_rate = engines.tts.sample_rate_hz if engines is not None else 22050
@@ -689,41 +699,33 @@ async def _daemon(
         speaker=speaker,
         status=status,
         output_sample_rate_hz=out_rate,
+        mute_for_cue=not args.input,  # a recording has no speaker to echo the cue
     )
     _CURRENT_DAEMON[:] = [daemon]
+
+    input_device = [args.input_device]
 
     def open_source() -> Any:
         if args.input:
             return chunks_paced(recording, 16000)
         from .transports.mic import MicrophoneSource
 
-        mic = MicrophoneSource(args.input_device)
+        mic = MicrophoneSource(input_device[0])
         rate = mic.open()
-        return ResamplingSource(mic.chunks(), rate).__aiter__()
+        if input_device[0] is not None:
+            input_device[0] = mic.device_name  # indices change on replug: reopen by name
+        # The daemon closes each source when its cycle ends: that closes the device too.
+        return ResamplingSource(mic.chunks(), rate, close=mic.close)
 
-    watchdog = None
-    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-    if usec:
-
-        async def ping() -> None:
-            while True:
-                sd_notify("WATCHDOG=1")
-                await asyncio.sleep(usec / 2e6)
-
-        watchdog = asyncio.create_task(ping(), name="systemd-watchdog")
     where = f"satellite of {settings.daemon.server}" if settings.daemon.server else "local models"
     print(
         f'[daemon ready: say "{wake.phrase}"; {where}]',
         file=sys.stderr,
         flush=True,
     )
-    sd_notify("READY=1")
     try:
-        await daemon.run(open_source, restart=not args.input)
+        await daemon.run(open_source, restart=not args.input)  # READY=1, watchdog, STOPPING=1
     finally:
-        sd_notify("STOPPING=1")
-        if watchdog is not None:
-            watchdog.cancel()
         if args.input:
             write_wav(args.output, output.audio(len(recording) / 32000), out_rate)
             times = ", ".join(f"{t:.1f} s" for t in daemon.wake_times) or "none"
@@ -734,6 +736,30 @@ async def _daemon(
 
 
 _CURRENT_DAEMON: list[Any] = []
+
+
+_NOT_CARRIED = frozenset({"help", "install_service", "print_service", "daemon_args"})
+
+
+def _given_flags(args: argparse.Namespace, command: str) -> list[str]:
+    """The options given to ``command`` on this command line, written as flags again."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags: list[str] = []
+    for action in subparsers.choices[command]._actions:
+        if not action.option_strings or action.dest in _NOT_CARRIED:
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value is None or value == action.default:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            flags.append(action.option_strings[0 if value else 1])
+        elif action.nargs == 0:
+            flags.append(action.option_strings[-1])
+        else:
+            for item in value if isinstance(value, list) else [value]:
+                flags += [action.option_strings[-1], str(item)]
+    return flags
 
 
 def _install_service(args: argparse.Namespace) -> int:
@@ -749,7 +775,13 @@ def _install_service(args: argparse.Namespace) -> int:
     passthrough = list(args.daemon_args or [])
     if passthrough[:1] == ["--"]:
         passthrough = passthrough[1:]
-    exec_start = shlex.join([*command, "daemon", *passthrough])
+    # Flags given before --install-service go into the unit too (after -- they come last
+    # and win): dropping them silently would install a different daemon than asked for.
+    flags = [*_given_flags(args, "daemon"), *passthrough]
+    global_flags = ["-" + "v" * args.verbose] if args.verbose else []
+    global_flags += ["--quiet"] if args.quiet else []
+    exec_start = shlex.join([*command, *global_flags, "daemon", *flags])
+    secret = any(f == "--token" or f.startswith("--token=") for f in flags)
     environment = []
     models = os.environ.get("VOICEBOT_MODELS")
     if models:
@@ -763,7 +795,11 @@ def _install_service(args: argparse.Namespace) -> int:
         return 0
     target = Path(args.install_service)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(unit)
+    mode = 0o600 if secret else 0o644  # a token in ExecStart is for root's eyes only
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), mode)  # an existing file keeps its old mode otherwise
+        out.write(unit)
     print(
         f"wrote {target}\nnow run: systemctl daemon-reload && systemctl enable --now {target.stem}",
         file=sys.stderr,
@@ -799,11 +835,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _quality(settings, args)
     if args.stt_accuracy:
         return _stt_accuracy(settings, args, log)
+    if args.wake:
+        return _wake_accuracy(settings, args, log)
     results = run_bench(settings, options, log)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"[bench] wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _wake_accuracy(settings: Settings, args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    from .bench import wake_accuracy
+    from .engines import load_tts
+
+    try:
+        result = wake_accuracy(
+            load_tts(settings),
+            settings.daemon.wake_word,
+            log,
+            threshold=settings.daemon.wake_threshold,
+        )
+    except RuntimeError as error:
+        raise VoicebotError(str(error)) from None
+    print(
+        f"wake word {result['wake_word']} (threshold {result['threshold']}): "
+        f"heard {result['heard']} of {result['said']}; "
+        f"{result['false_wakes']} false wakes in {result['ordinary_speech_min']} min of speech"
+    )
+    for name in result["missed"]:
+        print(f"  missed: {name}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -1005,7 +1068,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(serve, stt=True, llm=True, tts=True)
     serve.set_defaults(func=_cmd_serve)
 
-    client = sub.add_parser("client", help="talk to a voicebot server from a file or the mic")
+    client = sub.add_parser(
+        "client",
+        help="talk to a voicebot server from a file or the mic",
+        description="Talk to a voicebot server. Exit status: 0 when the session ends normally "
+        "(130 after Ctrl-C); 2 when the server refuses it (unreachable, close 1008 wrong "
+        "token or unknown profile, 1013 full); 1 when it ends it otherwise (1001 shutting "
+        "down, 1009 message too big, 1011 server error, 1006 connection lost).",
+    )
     client.add_argument("url", metavar="URL", help="ws://HOST:PORT/ws")
     client.add_argument("--input", metavar="FILE", help="stream this recording (default: mic)")
     client.add_argument("--output", metavar="OUT.wav", help="save the reply (default: play it)")
@@ -1014,7 +1084,13 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--token", metavar="SECRET")
     client.add_argument("--profile", metavar="NAME")
     client.add_argument("--conversation", metavar="ID")
-    client.add_argument("--barge-in", action=argparse.BooleanOptionalAction, default=True)
+    client.add_argument(
+        "--barge-in",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let speech interrupt the reply (default: off with the microphone, "
+        "where open speakers echo; on with --input)",
+    )
     client.set_defaults(func=_cmd_client)
 
     daemon = sub.add_parser("daemon", help="smart-speaker mode: wake word, then talk")
@@ -1122,6 +1198,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--stt-accuracy",
         action="store_true",
         help="only speech recognition accuracy, fitted vs full encoder window",
+    )
+    bench.add_argument(
+        "--wake",
+        action="store_true",
+        help="only the wake word: hits across voices and speeds, false wakes on ordinary speech",
     )
     bench.add_argument(
         "--no-reference",

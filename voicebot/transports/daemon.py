@@ -21,7 +21,7 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,8 +45,17 @@ from ..events import (
     WakeWordDetected,
 )
 from ..workers import ModelWorker
+from .client import ServerUnavailable
 
-__all__ = ["Conversation", "Daemon", "StatusReporter", "cue", "sd_notify"]
+__all__ = [
+    "Conversation",
+    "Daemon",
+    "ResamplingSource",
+    "StatusReporter",
+    "cue",
+    "sd_notify",
+    "watchdog_interval_s",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -116,6 +125,7 @@ def sd_notify(message: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # a stuck reader must never block the event loop
             sock.connect(address)
             sock.sendall(message.encode())
     except OSError as error:
@@ -124,18 +134,52 @@ def sd_notify(message: str) -> bool:
     return True
 
 
+def watchdog_interval_s(environ: Mapping[str, str] | None = None) -> float | None:
+    """How often to ping systemd's watchdog (half its timeout), or None when it wants none.
+
+    systemd sets ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``, the process it watches) when the
+    unit has ``WatchdogSec=``.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        usec = int(env.get("WATCHDOG_USEC", "0") or 0)
+        pid = int(env.get("WATCHDOG_PID", "0") or 0)
+    except ValueError:
+        return None
+    if usec <= 0 or (pid and pid != os.getpid()):
+        return None
+    return usec / 2e6
+
+
+async def _ping_watchdog(interval_s: float) -> None:
+    """Tell systemd the event loop is alive, until cancelled."""
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval_s)
+
+
 class StatusReporter:
     """Publishes the daemon's state: log, hook command, status file and local HTTP endpoint."""
 
-    def __init__(self, settings: DaemonSettings) -> None:
-        """Create a reporter from the daemon settings."""
+    def __init__(self, settings: DaemonSettings, *, hook_timeout_s: float = 10.0) -> None:
+        """Create a reporter from the daemon settings.
+
+        Args:
+            settings: The daemon settings (status file, port, hook).
+            hook_timeout_s: A state hook still running after this is killed.
+        """
         self.settings = settings
+        self.hook_timeout_s = hook_timeout_s
+        """A state hook still running after this is killed."""
         self.state: SessionState | None = None
         """The current state (None before the daemon starts)."""
         self.info: dict[str, Any] = {"wake_words": 0, "turns": 0, "errors": 0}
         """Counters published with the state."""
         self.started_at = time.time()
-        self._hooks: set[asyncio.Task[None]] = set()
+        # Hooks run one at a time, in the order of the changes: an LED must not end up
+        # showing an older state because a later hook finished first.
+        self._hook_queue: asyncio.Queue[SessionState] = asyncio.Queue(maxsize=64)
+        self._hook_runner: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -180,14 +224,26 @@ class StatusReporter:
         _LOGGER.info("state: %s", state.value)
         self._write_file()
         if self.settings.state_hook:
-            task = asyncio.create_task(self._run_hook(state), name=f"state-hook-{state.value}")
-            self._hooks.add(task)
-            task.add_done_callback(self._hooks.discard)
+            if self._hook_runner is None or self._hook_runner.done():
+                self._hook_runner = asyncio.create_task(self._run_hooks(), name="state-hooks")
+            try:
+                self._hook_queue.put_nowait(state)
+            except asyncio.QueueFull:
+                _LOGGER.warning("state hook too slow; skipping %s", state.value)
 
     def count(self, key: str) -> None:
         """Bump a counter."""
         self.info[key] = int(self.info.get(key, 0)) + 1
         self._write_file()
+
+    async def _run_hooks(self) -> None:
+        """The one consumer of the hook queue."""
+        while True:
+            state = await self._hook_queue.get()
+            try:
+                await self._run_hook(state)
+            finally:
+                self._hook_queue.task_done()
 
     async def _run_hook(self, state: SessionState) -> None:
         try:
@@ -196,10 +252,21 @@ class StatusReporter:
                 state.value,
                 stdin=asyncio.subprocess.DEVNULL,
             )
-            async with asyncio.timeout(10):
-                await process.wait()
-        except (OSError, TimeoutError) as error:
+        except (OSError, ValueError) as error:
             _LOGGER.warning("state hook failed: %s", error)
+            return
+        try:
+            async with asyncio.timeout(self.hook_timeout_s):
+                await process.wait()
+        except TimeoutError:
+            _LOGGER.warning("state hook still running after %g s; killed it", self.hook_timeout_s)
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await asyncio.shield(process.wait())
+        if process.returncode:
+            _LOGGER.warning("state hook exited with status %d", process.returncode)
 
     def _write_file(self) -> None:
         if not self.settings.status_file:
@@ -213,12 +280,18 @@ class StatusReporter:
             _LOGGER.warning("cannot write the status file: %s", error)
 
     async def close(self) -> None:
-        """Stop the endpoint; give running hooks a moment."""
+        """Stop the endpoint; give queued hooks a moment, then stop (and kill) them."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        if self._hooks:
-            await asyncio.wait(self._hooks, timeout=2)
+        runner, self._hook_runner = self._hook_runner, None
+        if runner is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._hook_queue.join()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
 
 
 class Daemon:
@@ -234,6 +307,8 @@ class Daemon:
         status: StatusReporter | None = None,
         output_sample_rate_hz: int = 22050,
         clock: Callable[[], float] = time.monotonic,
+        cue_tail_s: float = 0.3,
+        mute_for_cue: bool = True,
     ) -> None:
         """Create a daemon.
 
@@ -245,6 +320,10 @@ class Daemon:
             status: State publisher (default: log only).
             output_sample_rate_hz: Rate of the cues.
             clock: Monotonic seconds.
+            cue_tail_s: After the wake cue has played, the microphone stays ignored this long
+                (the cue's echo and the speaker's latency).
+            mute_for_cue: Ignore the input while the wake cue plays (and ``cue_tail_s``
+                after). Off for a recording, which has no speaker to echo.
         """
         self.settings = settings
         self.wake = wake
@@ -253,6 +332,8 @@ class Daemon:
         self._make_conversation = make_conversation
         self._clock = clock
         self._rate = output_sample_rate_hz
+        self._cue_tail_s = cue_tail_s
+        self._mute_for_cue = mute_for_cue
         self._wake_worker = ModelWorker("wake")
         self._conversation: Conversation | None = None
         self._awake = False
@@ -261,6 +342,8 @@ class Daemon:
         self._last_activity = -math.inf
         self._session_state = SessionState.LISTENING
         self._speech_open = False
+        self._deaf_until_s = 0.0  # input stream time until which the mic hears the cue
+        self._deaf = False
         self.wake_times: list[float] = []
         """Input stream times (s) of every wake word detection."""
         self._stream_s = 0.0
@@ -283,22 +366,33 @@ class Daemon:
     ) -> None:
         """Listen until stopped or (with ``restart=False``) until the source ends.
 
+        Under systemd it sends ``READY=1`` once listening, ``STATUS=`` on state changes,
+        ``WATCHDOG=1`` pings when the unit asks for them, and ``STOPPING=1`` at the end.
+
         Args:
             open_source: Opens the audio source (16 kHz PCM16 chunks). If it fails or ends
-                and ``restart`` is true, it is opened again with backoff.
+                and ``restart`` is true, it is opened again with backoff. Each source opened
+                is closed when its cycle ends (``aclose()`` and/or ``close()``, if it has
+                them), so a device is never left open behind a restart.
             restart: Reopen the source after an error or its end.
         """
         await self.status.start()
         self.status.set(SessionState.IDLE)
         await self.speaker(StateChanged(SessionState.IDLE))
+        sd_notify("READY=1")
+        interval_s = watchdog_interval_s()
+        watchdog = (
+            asyncio.create_task(_ping_watchdog(interval_s), name="systemd-watchdog")
+            if interval_s
+            else None
+        )
         backoff = 0.5
         try:
             while not self._stopping.is_set():
                 try:
-                    async for chunk in self._until_stopped(open_source()):
-                        await self._cycle(chunk)
-                        backoff = 0.5
-                    if not restart:
+                    await self._listen(open_source())
+                    backoff = 0.5
+                    if not restart or self._stopping.is_set():
                         break
                     _LOGGER.warning("audio source ended; reopening")
                 except asyncio.CancelledError:
@@ -316,25 +410,29 @@ class Daemon:
             if self._conversation is not None:
                 await self._conversation.end_of_input()
         finally:
+            sd_notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
             if self._conversation is not None:
                 await self._conversation.close()
             self._wake_worker.close()
             self.status.set(SessionState.IDLE)
             await self.status.close()
 
-    async def _until_stopped(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _listen(self, source: AsyncIterator[bytes]) -> None:
+        """One cycle: the source's audio until it ends or the daemon stops; then close it."""
         try:
             async for chunk in source:
                 if self._stopping.is_set():
                     return
-                yield chunk
+                await self._cycle(chunk)
         finally:
-            close = getattr(source, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+            await _close_source(source)
 
     async def _cycle(self, chunk: bytes) -> None:
+        chunk_start_s = self._stream_s
         self._stream_s += len(chunk) / 2 / _RATE_HZ
         now = self._clock()
         heard = await self._wake_worker.run(self.wake.process, chunk)
@@ -343,6 +441,11 @@ class Daemon:
             return
         if not self._awake or self._conversation is None:
             return
+        if self._deaf:
+            if chunk_start_s < self._deaf_until_s:
+                return  # the wake cue (or its echo) is playing: not the user
+            self._deaf = False
+            self._conversation.reset_input()
         await self._conversation.feed(chunk)
         if (
             self._deadline is not None
@@ -383,7 +486,11 @@ class Daemon:
         self._last_activity = now
         self._deadline = now + self.settings.command_timeout_s
         if self.settings.cue:
-            await self._play_cue("wake")
+            played_s = await self._play_cue("wake")
+            if self._mute_for_cue:
+                # The microphone hears the cue: fed, it would start (or pre-roll) an utterance.
+                self._deaf = True
+                self._deaf_until_s = self._stream_s + played_s + self._cue_tail_s
         await self._publish(SessionState.LISTENING)
 
     async def _go_idle(self) -> None:
@@ -392,6 +499,7 @@ class Daemon:
         self._awake = False
         self._deadline = None
         self._speech_open = False
+        self._deaf = False
         await self._publish(SessionState.IDLE)
 
     async def _publish(self, state: SessionState) -> None:
@@ -400,8 +508,11 @@ class Daemon:
             sd_notify(f"STATUS={state.value}")
             await self.speaker(StateChanged(state))
 
-    async def _play_cue(self, kind: str) -> None:
-        await self.speaker(AudioOut(0, cue(kind, self._rate), self._rate))
+    async def _play_cue(self, kind: str) -> float:
+        """Play a cue; returns its length in seconds."""
+        pcm = cue(kind, self._rate)
+        await self.speaker(AudioOut(0, pcm, self._rate))
+        return len(pcm) / 2 / self._rate
 
     async def _on_event(self, event: Event) -> None:
         now = self._clock()
@@ -420,6 +531,17 @@ class Daemon:
             self._last_activity = now
         elif isinstance(event, Interrupted):
             self._last_activity = now
+        elif isinstance(event, ErrorEvent) and event.code == ServerUnavailable.code:
+            # Satellite mode: the server cannot be reached or went away. Mid-conversation
+            # that ends it: say so (a falling chime) and wait for the wake word again.
+            if not self._awake:
+                _LOGGER.info("%s", event.message)
+                return
+            self.status.count("errors")
+            await self.speaker(event)
+            await self._play_cue("error")
+            await self._go_idle()
+            return
         elif isinstance(event, ErrorEvent):
             self.status.count("errors")
             self._speech_open = False
@@ -439,17 +561,61 @@ class Daemon:
         await self.speaker(event)
 
 
-class ResamplingSource:
-    """Wraps an audio iterator at any rate into 16 kHz chunks."""
+async def _close_source(source: object) -> None:
+    """Close an audio source: ``aclose()`` (async generators) and ``close()`` if it has them."""
+    for name in ("aclose", "close"):
+        method = getattr(source, name, None)
+        if method is None:
+            continue
+        try:
+            result = method()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception as error:  # closing must not mask why the cycle ended
+            _LOGGER.warning("closing the audio source failed: %s", error)
 
-    def __init__(self, source: AsyncIterator[bytes], sample_rate_hz: int) -> None:
-        """Resample ``source`` from ``sample_rate_hz`` to 16 kHz."""
+
+class ResamplingSource:
+    """Wraps an audio iterator at any rate into 16 kHz chunks; closing it closes the device."""
+
+    def __init__(
+        self,
+        source: AsyncIterator[bytes],
+        sample_rate_hz: int,
+        *,
+        close: Callable[[], object] | None = None,
+    ) -> None:
+        """Resample ``source`` from ``sample_rate_hz`` to 16 kHz.
+
+        Args:
+            source: The audio at ``sample_rate_hz``.
+            sample_rate_hz: Its rate.
+            close: Called by :meth:`aclose` after ``source`` is closed (e.g. the
+                microphone's ``close``, which releases the device).
+        """
         self._source = source
         self._resampler = StreamResampler(sample_rate_hz, _RATE_HZ)
+        self._close = close
+        self._closed = False
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
+    def __aiter__(self) -> ResamplingSource:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        async for chunk in self._source:
-            yield self._resampler.process(chunk)
+    async def __anext__(self) -> bytes:
+        while True:
+            chunk = self._resampler.process(await anext(self._source))
+            if chunk:
+                return chunk
+
+    async def aclose(self) -> None:
+        """Close the wrapped iterator and the device behind it (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await _close_source(self._source)
+        finally:
+            if self._close is not None:
+                result = self._close()
+                if asyncio.iscoroutine(result):
+                    await result

@@ -51,8 +51,22 @@ class RemoteConversation:
         profile: str | None = None,
         output_sample_rate_hz: int = 22050,
         clock: Callable[[], float] = time.monotonic,
+        connect_timeout_s: float = 5.0,
+        send_timeout_s: float = 2.0,
     ) -> None:
-        """Describe the remote conversation; :meth:`start` connects."""
+        """Describe the remote conversation; :meth:`start` connects.
+
+        Args:
+            url: The server's ``ws://`` URL.
+            sink: Receives the server's events and reply audio.
+            token: The server's shared secret.
+            profile: The bot profile to ask for.
+            output_sample_rate_hz: The rate the reply audio should come at.
+            clock: Monotonic seconds.
+            connect_timeout_s: Give up connecting after this (keep it below the daemon's
+                command timeout, so the failure is still announced while it listens).
+            send_timeout_s: A server that does not take audio for this long is lost.
+        """
         self.url = url
         self.conversation_id = ""
         """The server's conversation id (kept across reconnections)."""
@@ -61,34 +75,59 @@ class RemoteConversation:
         self._profile = profile
         self._out_rate = output_sample_rate_hz
         self._clock = clock
+        self._connect_timeout_s = connect_timeout_s
+        self._send_timeout_s = send_timeout_s
         self._client: VoiceClient | None = None
+        self._connector: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._abandoned: VoiceClient | None = None  # took no audio: being closed, reported
+        self._closing = False
         self._state = SessionState.LISTENING
         self._turn = 0
         self._playing_until = 0.0
-        self._backoff_s = 0.5
-        self._next_attempt = 0.0
 
     @property
     def replying(self) -> bool:
-        """The server is preparing or the speaker is playing a reply."""
-        return self._state in (SessionState.THINKING, SessionState.SPEAKING) or (
-            self._clock() < self._playing_until
+        """Busy: connecting, the server is preparing a reply, or the speaker is playing one.
+
+        While connecting the daemon must not close its listening window: the outcome (a
+        connection, or the error cue) is still to come.
+        """
+        return (
+            self.connecting
+            or self._state in (SessionState.THINKING, SessionState.SPEAKING)
+            or self._clock() < self._playing_until
         )
 
     @property
     def connected(self) -> bool:
-        """The websocket is open."""
-        return self._reader is not None and not self._reader.done()
+        """The websocket is open (and usable)."""
+        return (
+            self._reader is not None
+            and not self._reader.done()
+            and self._client is not None
+            and self._client is not self._abandoned
+        )
+
+    @property
+    def connecting(self) -> bool:
+        """A connection attempt is under way."""
+        return self._connector is not None and not self._connector.done()
 
     async def start(self) -> str:
-        """Connect (resuming the conversation if there was one).
+        """Start connecting in the background (resuming the conversation if there was one).
 
-        Raises:
-            ServerUnavailable: the server cannot be reached.
+        Returns at once with the id known so far, so that the daemon keeps hearing the wake
+        word; a failure comes to the sink as an ``ErrorEvent`` with code
+        ``server_unavailable``.
         """
-        if self.connected:
-            return self.conversation_id
+        if not self.connected and not self.connecting:
+            self._closing = False
+            self._connector = asyncio.create_task(self._connect(), name="satellite-connect")
+        return self.conversation_id
+
+    async def _connect(self) -> None:
         client = VoiceClient(
             self.url,
             sample_rate_hz=16000,
@@ -97,31 +136,47 @@ class RemoteConversation:
             conversation_id=self.conversation_id or None,
             output_sample_rate_hz=self._out_rate,
             barge_in=False,  # the satellite is half-duplex; the wake word interrupts
+            open_timeout_s=self._connect_timeout_s,
         )
         try:
             ready = await client.connect()
-        except ServerUnavailable:
-            self._next_attempt = self._clock() + self._backoff_s
-            self._backoff_s = min(self._backoff_s * 2, 30.0)
-            raise
-        self._backoff_s = 0.5
+        except ServerUnavailable as error:
+            _LOGGER.warning("%s", error)
+            with contextlib.suppress(Exception):
+                await client.close()
+            await self._sink(ErrorEvent(ServerUnavailable.code, str(error)))
+            return
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()  # the reader of an abandoned connection: already reported
         self._client = client
         self.conversation_id = str(ready["conversation_id"])
         self._state = SessionState.LISTENING
+        self._playing_until = 0.0
         self._reader = asyncio.create_task(self._read(client), name="satellite-reader")
         _LOGGER.info("satellite connected to %s (conversation %s)", self.url, self.conversation_id)
-        return self.conversation_id
 
     async def _read(self, client: VoiceClient) -> None:
-        async for item in client.events():
-            try:
-                event = self._translate(item)
-            except (KeyError, TypeError, ValueError) as error:
-                _LOGGER.warning("unexpected frame from the server: %s", error)
-                continue
-            if event is not None:
-                await self._sink(event)
-        _LOGGER.warning("the server closed the connection")
+        try:
+            async for item in client.events():
+                try:
+                    event = self._translate(item)
+                except (KeyError, TypeError, ValueError) as error:
+                    _LOGGER.warning("unexpected frame from the server: %s", error)
+                    continue
+                if event is not None:
+                    await self._sink(event)
+        except VoicebotError as error:  # a broken frame: the session cannot go on
+            _LOGGER.warning("%s", error)
+        if self._closing or client is not self._client or client is self._abandoned:
+            return  # closed on purpose, or replaced, or already reported
+        _LOGGER.warning("lost the connection to %s", self.url)
+        with contextlib.suppress(Exception):
+            await client.close()
+        await self._sink(
+            ErrorEvent(
+                ServerUnavailable.code, f"lost the connection to {self.url}", self._turn or None
+            )
+        )
         if self._state is not SessionState.LISTENING:
             self._state = SessionState.LISTENING
             await self._sink(StateChanged(SessionState.LISTENING))
@@ -156,25 +211,22 @@ class RemoteConversation:
             return ErrorEvent(str(item["code"]), str(item["message"]), item.get("turn_id"))
         return None
 
-    async def _ensure(self) -> VoiceClient | None:
-        if self.connected and self._client is not None:
-            return self._client
-        if self._clock() < self._next_attempt:
-            return None
-        try:
-            await self.start()
-        except ServerUnavailable as error:
-            _LOGGER.warning("%s", error)
-            return None
-        return self._client
-
     async def feed(self, pcm: bytes) -> None:
-        """Stream audio to the server (dropped while it cannot be reached)."""
-        client = await self._ensure()
-        if client is None:
+        """Stream audio to the server; dropped while it is not connected."""
+        client = self._client
+        if client is None or not self.connected:
             return
-        with contextlib.suppress(Exception):
-            await client.send_audio(pcm)
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await client.send_audio(pcm)
+        except TimeoutError:
+            # Closing waits for the server's answer: do it in the background, and say so now.
+            _LOGGER.warning("%s takes no audio; dropping the connection", self.url)
+            self._abandoned = client
+            self._closer = asyncio.create_task(client.close(), name="satellite-close")
+            await self._sink(ErrorEvent(ServerUnavailable.code, f"{self.url} takes no audio"))
+        except Exception as error:  # a closing connection: the reader reports the loss
+            _LOGGER.debug("cannot send audio: %s", error)
 
     def reset_input(self) -> None:
         """Nothing to reset locally: the server segments the audio."""
@@ -190,6 +242,7 @@ class RemoteConversation:
     async def end_of_input(self) -> None:
         """Let the server finish the current reply."""
         if self._client is not None and self.connected:
+            self._closing = True
             await self._client.stop()
             if self._reader is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError, VoicebotError):
@@ -197,12 +250,15 @@ class RemoteConversation:
                         await asyncio.shield(self._reader)
 
     async def close(self) -> None:
-        """Close the connection."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        """Close the connection (and stop a connection attempt)."""
+        self._closing = True
+        for task in (self._connector, self._reader, self._closer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._client is not None:
             with contextlib.suppress(Exception):
-                await self._client.close()
+                async with asyncio.timeout(2):
+                    await self._client.close()
         self._client = None
