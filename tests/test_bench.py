@@ -80,3 +80,16 @@ def test_summarize_reports_percentiles_and_count() -> None:
     stats = summarize([float(v) for v in range(1, 101)])
     assert stats == {"p50": 50.5, "p95": 95.0, "max": 100.0, "n": 100}
     assert summarize([]) == {"n": 0}
+
+
+def test_bench_wake_counts_hits_and_false_wakes(tmp_path: Path) -> None:
+    out = tmp_path / "wake.json"
+    result = voicebot("bench", "--wake", "--json", str(out), data=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    wake = json.loads(out.read_text())
+    assert wake["wake_word"] == "okay_nabu" and wake["said"] == 18
+    # "okay nabu" said by five espeak-ng voices at three speeds and by Piper: most are heard
+    # (15 of 18 measured); minutes of ordinary speech do not wake it.
+    assert wake["heard"] >= 12, wake["missed"]
+    assert wake["ordinary_speech_min"] > 5 and wake["false_wakes"] <= 1
+    assert "false wakes" in result.stdout

@@ -30,7 +30,7 @@ import numpy as np
 
 from .audio import read_audio, resample, silence
 from .config import Settings
-from .engines import Engines, Message, load_engines
+from .engines import Engines, Message, TextToSpeech, load_engines
 from .events import AudioOut, Event, Metrics
 from .session import Session
 from .transports.file import chunks_paced
@@ -133,7 +133,7 @@ def _peak_rss_mb() -> float:
 def make_utterances(engines: Engines, options: BenchOptions) -> list[Utterance]:
     """Speech in several voices and lengths, made by Piper and espeak-ng, plus user WAVs."""
     out: list[Utterance] = []
-    voices = _voices(engines)
+    voices = _voices(engines.tts)
     for i, text in enumerate(QUESTIONS):
         name, speak_fn = voices[i % len(voices)]
         out.append(Utterance(f"{name}: {text}", speak_fn(text), text))
@@ -142,9 +142,8 @@ def make_utterances(engines: Engines, options: BenchOptions) -> list[Utterance]:
     return out
 
 
-def _voices(engines: Engines) -> list[tuple[str, Callable[[str], bytes]]]:
+def _voices(tts: TextToSpeech) -> list[tuple[str, Callable[[str], bytes]]]:
     """Piper at two speeds and, when installed, two espeak-ng voices: 16 kHz PCM16 makers."""
-    tts = engines.tts
     voices: list[tuple[str, Callable[[str], bytes]]] = []
     for rate in (0.85, 1.15):
 
@@ -157,14 +156,8 @@ def _voices(engines: Engines) -> list[tuple[str, Callable[[str], bytes]]]:
     if espeak:
         for voice in ("en-us", "en-gb+f3"):
 
-            def speak(text: str, voice: str = voice) -> bytes:
-                with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-                    subprocess.run(
-                        [espeak, "-v", voice, "-s", "150", "-w", tmp.name, text],
-                        check=True,
-                        capture_output=True,
-                    )
-                    return read_audio(tmp.name, RATE)
+            def speak(text: str, voice: str = voice, espeak: str = espeak) -> bytes:
+                return _espeak(espeak, text, voice, 150)
 
             voices.append((f"espeak {voice}", speak))
     return voices
@@ -198,7 +191,9 @@ def stt_accuracy(engines: Engines, log: Callable[[str], None]) -> dict[str, Any]
     if not hasattr(stt, "fit_window"):
         raise RuntimeError("the accuracy run compares whisper encoder windows: whisper only")
     texts = [q for q, _ in FACTUAL] + [s for s, _, _ in MEMORY] + [q for _, q, _ in MEMORY]
-    recordings = [(name, text, speak(text)) for name, speak in _voices(engines) for text in texts]
+    recordings = [
+        (name, text, speak(text)) for name, speak in _voices(engines.tts) for text in texts
+    ]
     log(f"stt accuracy: {len(recordings)} recordings")
     saved = stt.fit_window
     result: dict[str, Any] = {"recordings": len(recordings)}
@@ -224,6 +219,84 @@ def stt_accuracy(engines: Engines, log: Callable[[str], None]) -> dict[str, Any]
     finally:
         stt.fit_window = saved
     return result
+
+
+WAKE_VOICES = ("en-us", "en-gb", "en-gb+f3", "en-us+m3", "en-us+f4")
+"""espeak-ng voices that say the wake word: speakers other than the bot."""
+WAKE_SPEEDS_WPM = (120, 150, 180)
+
+
+def wake_accuracy(
+    tts: TextToSpeech, wake_word: str, log: Callable[[str], None], *, threshold: float = 0.0
+) -> dict[str, Any]:
+    """How often the wake word is heard when said, and how often it fires when it is not.
+
+    Hits: the wake phrase said by five espeak-ng voices at three speeds and by Piper at three
+    rates, each alone between silences, fed in 20 ms chunks to a fresh detector. False wakes:
+    the benchmark's questions and the answer-quality sentences in every voice of
+    :func:`_voices`, one continuous stream through one detector (reset after each firing,
+    as the daemon does).
+    """
+    from .engines.wake import MicroWakeWordDetector
+
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise RuntimeError("the wake-word run needs espeak-ng (scripts/install-system-deps.sh)")
+    from .quality import FACTUAL, MEMORY
+
+    detector = MicroWakeWordDetector(wake_word, threshold=threshold)
+    phrase = detector.phrase.lower()
+    said: list[tuple[str, bytes]] = []
+    for voice in WAKE_VOICES:
+        for wpm in WAKE_SPEEDS_WPM:
+            said.append((f"espeak {voice} {wpm} wpm", _espeak(espeak, phrase, voice, wpm)))
+    for rate in (0.85, 1.0, 1.15):
+        pcm = b"".join(tts.synthesize(phrase, speaking_rate=rate))
+        said.append((f"piper x{rate}", resample(pcm, tts.sample_rate_hz, RATE)))
+
+    def fires(pcm: bytes) -> int:
+        count = 0
+        for offset in range(0, len(pcm), 640):
+            if detector.process(pcm[offset : offset + 640]):
+                count += 1
+                detector.reset()
+        return count
+
+    missed: list[str] = []
+    for name, pcm in said:
+        detector.reset()
+        if not fires(silence(0.5, RATE) + pcm + silence(1.0, RATE)):
+            missed.append(name)
+    log(f"wake word {phrase!r}: heard {len(said) - len(missed)} of {len(said)}")
+    texts = QUESTIONS + [q for q, _ in FACTUAL] + [s for s, _, _ in MEMORY]
+    texts += [q for _, q, _ in MEMORY]
+    stream = b"".join(
+        speak(text) + silence(0.5, RATE) for _, speak in _voices(tts) for text in texts
+    )
+    detector.reset()
+    false_wakes = fires(stream)
+    minutes = len(stream) / 2 / RATE / 60
+    log(f"false wakes: {false_wakes} in {minutes:.1f} min of ordinary speech")
+    return {
+        "wake_word": detector.name,
+        "threshold": detector.threshold,
+        "said": len(said),
+        "heard": len(said) - len(missed),
+        "missed": missed,
+        "false_wakes": false_wakes,
+        "ordinary_speech_min": round(minutes, 1),
+        "false_wakes_per_hour": round(false_wakes / minutes * 60, 2) if minutes else 0.0,
+    }
+
+
+def _espeak(espeak: str, text: str, voice: str, words_per_minute: int) -> bytes:
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        subprocess.run(
+            [espeak, "-v", voice, "-s", str(words_per_minute), "-w", tmp.name, text],
+            check=True,
+            capture_output=True,
+        )
+        return read_audio(tmp.name, RATE)
 
 
 # ----------------------------------------------------------------------------- stages
