@@ -476,19 +476,14 @@ def load_settings(
         else:
             raise ConfigError(f"{where}: unknown setting {key!r}")
 
+    # Keys set by the environment or a flag: both rank above the file, profiles included.
+    above_file = {k for k, v in (overrides or {}).items() if v is not None}
     for section, cls in _SECTIONS.items():
         for f in dataclasses.fields(cls):
             name = f"VOICEBOT_{section}_{f.name}".upper()
             if name in env:
                 layered[section][f.name] = env[name]
-    # Keys set by the environment or a flag: both rank above the file, profiles included.
-    above_file = {
-        f"{section}.{f.name}"
-        for section, cls in _SECTIONS.items()
-        for f in dataclasses.fields(cls)
-        if f"VOICEBOT_{section}_{f.name}".upper() in env
-    }
-    above_file.update(k for k, v in (overrides or {}).items() if v is not None)
+                above_file.add(f"{section}.{f.name}")
     for key in _TOP_LEVEL:
         name = f"VOICEBOT_{key}".upper()
         if name in env:

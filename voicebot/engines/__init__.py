@@ -8,6 +8,7 @@ or chat models that profiles ask for, loaded on first use), each with its own
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -222,12 +223,17 @@ def history_turns(settings: Settings, reference: str = "") -> int:
     """
     if settings.llm.history_turns is not None:
         return settings.llm.history_turns
+    measured = _measured_history_turns(reference or settings.llm.model)
+    return -1 if measured is None else measured
+
+
+@functools.cache
+def _measured_history_turns(model: str) -> int | None:
+    """The catalog's value for a catalog model (read once: sessions start on the event loop)."""
     from ..models import load_catalog
 
-    entry = load_catalog().get(reference or settings.llm.model)
-    if entry is not None and entry.history_turns is not None:
-        return entry.history_turns
-    return -1
+    entry = load_catalog().get(model)
+    return None if entry is None else entry.history_turns
 
 
 def load_tts(
