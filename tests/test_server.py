@@ -283,21 +283,38 @@ async def test_an_idle_session_is_closed(settings: Settings) -> None:
         ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5)
         await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
         await next_event(ws, "ready")
-        with pytest.raises(ConnectionClosed) as closed:
-            async with asyncio.timeout(5):
-                while True:
-                    await ws.recv()
-        assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle timeout"
+        closed = await closed_by_server(ws)
+        assert closed.rcvd is not None and closed.rcvd.reason == "idle timeout"
     finally:
         await server.close()
 
 
-async def stream_silence(ws: ClientConnection) -> None:
-    """What a browser with its microphone on sends: silence, at real-time pace."""
-    with contextlib.suppress(ConnectionClosed):
-        while True:
-            await ws.send(silence(0.02, RATE))
-            await asyncio.sleep(0.02)
+async def closed_by_server(ws: ClientConnection, timeout_s: float = 5.0) -> ConnectionClosed:
+    """Read until the server closes the connection; what it closed with."""
+    with pytest.raises(ConnectionClosed) as closed:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                await ws.recv()
+    return closed.value
+
+
+@contextlib.asynccontextmanager
+async def silence_streamed(ws: ClientConnection) -> AsyncIterator[None]:
+    """Meanwhile, send what a browser with its microphone on sends: silence, in real time."""
+
+    async def stream() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.send(silence(0.02, RATE))
+                await asyncio.sleep(0.02)
+
+    streamer = asyncio.create_task(stream())
+    try:
+        yield
+    finally:
+        streamer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(streamer, 5)
 
 
 async def test_streamed_silence_does_not_keep_a_session_alive(settings: Settings) -> None:
@@ -306,18 +323,10 @@ async def test_streamed_silence_does_not_keep_a_session_alive(settings: Settings
         ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5)
         await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
         await next_event(ws, "ready")
-        streamer = asyncio.create_task(stream_silence(ws))
-        try:
-            with pytest.raises(ConnectionClosed) as closed:
-                async with asyncio.timeout(5):
-                    while True:
-                        await ws.recv()
-        finally:
-            streamer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(streamer, 5)
-        assert closed.value.rcvd is not None
-        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "idle timeout")
+        async with silence_streamed(ws):
+            closed = await closed_by_server(ws)
+        assert closed.rcvd is not None
+        assert (closed.rcvd.code, closed.rcvd.reason) == (1000, "idle timeout")
     finally:
         await server.close()
 
@@ -329,19 +338,11 @@ async def test_a_reply_longer_than_the_idle_timeout_is_not_cut(settings: Setting
         ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5)
         await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
         await next_event(ws, "ready")
-        streamer = asyncio.create_task(stream_silence(ws))
-        try:
+        async with silence_streamed(ws):
             await ws.send(json.dumps({"type": "text", "text": "tell me"}))
             assert (await next_event(ws, "reply_done"))["text"] == "a b c d e f g h"
-            with pytest.raises(ConnectionClosed) as closed:  # idle once the reply is over
-                async with asyncio.timeout(5):
-                    while True:
-                        await ws.recv()
-        finally:
-            streamer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(streamer, 5)
-        assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle timeout"
+            closed = await closed_by_server(ws)  # idle once the reply is over
+        assert closed.rcvd is not None and closed.rcvd.reason == "idle timeout"
     finally:
         await server.close()
 
