@@ -1248,6 +1248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`voicebot models list | head`): stop quietly, as cat does.
+        # Python would otherwise complain again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     if args.command in _FAST_EXIT_COMMANDS:
         # Everything is saved and closed by now. Interpreter teardown with torch and
         # onnxruntime loaded takes over a second here, which would delay a service's stop
