@@ -27,6 +27,7 @@ from .base import (
     SpeechToText,
     TextToSpeech,
     Transcription,
+    TurnDetector,
     VoiceActivityDetector,
     WakeWordDetector,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "SpeechToText",
     "TextToSpeech",
     "Transcription",
+    "TurnDetector",
     "VoiceActivityDetector",
     "WakeWordDetector",
     "history_turns",

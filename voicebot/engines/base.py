@@ -14,6 +14,7 @@ from typing import Protocol, TypedDict, runtime_checkable
 
 __all__ = [
     "ChatModel",
+    "TurnDetector",
     "Message",
     "SpeechToText",
     "TextToSpeech",
@@ -77,6 +78,22 @@ class ChatModel(Protocol):
 
     def stream(self, messages: Sequence[Message], cancel: threading.Event) -> Iterator[str]:
         """Yield the reply as text fragments; stop soon after ``cancel`` is set."""
+        ...
+
+
+@runtime_checkable
+class TurnDetector(Protocol):
+    """A chat model that can also judge whether the user has finished their turn.
+
+    The session's end-of-turn decision asks it while the user is silent: given the
+    conversation so far, its last message the user's (possibly unfinished) words, how likely
+    is it that the user is done talking? A chat model answers that for free: it is the
+    probability it gives its own end-of-message token right after those words (the method of
+    LiveKit's turn detector, which is a fine-tuned SmolLM2-135M).
+    """
+
+    def end_of_turn_probability(self, messages: Sequence[Message]) -> float:
+        """Probability (0-1) that the last message, the user's, is a finished turn."""
         ...
 
 

@@ -95,12 +95,15 @@ class FakeChat:
         replies: Sequence[str] | Callable[[Sequence[Message]], str] = ("Hello there.",),
         *,
         token_delay_s: float = 0.0,
+        turn_end: Callable[[str], float] | None = None,
     ) -> None:
         """Create a fake.
 
         Args:
             replies: Replies returned in turn (the last repeats), or a function of the messages.
             token_delay_s: Time per streamed word.
+            turn_end: End-of-turn probability of the user's last words (default: 1.0 after
+                ``. ? !``, else 0.1).
         """
         self._replies = replies
         self._index = 0
@@ -110,10 +113,24 @@ class FakeChat:
         """The messages of every call, in order."""
         self.tokens_streamed = 0
         """Words yielded over all calls."""
+        self._turn_end = turn_end
+        self.turn_checks: list[str] = []
+        """The user text of every end-of-turn question, in order."""
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Counts words, plus four per message for the template."""
         return sum(len(m["content"].split()) + 4 for m in messages)
+
+    def end_of_turn_probability(self, messages: Sequence[Message]) -> float:
+        """1.0 when the user's last words end a sentence (``. ? !``), else 0.1.
+
+        ``turn_end`` given to the constructor replaces this rule.
+        """
+        self.turn_checks.append(messages[-1]["content"] if messages else "")
+        text = messages[-1]["content"].rstrip() if messages else ""
+        if self._turn_end is not None:
+            return self._turn_end(text)
+        return 1.0 if text.endswith((".", "?", "!")) and not text.endswith("...") else 0.1
 
     def stream(self, messages: Sequence[Message], cancel: threading.Event) -> Iterator[str]:
         """Yield the next reply word by word until done or cancelled."""
