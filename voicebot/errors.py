@@ -14,6 +14,7 @@ __all__ = [
     "ModelError",
     "ModelNotFoundError",
     "ModelVerifyError",
+    "OverloadedError",
     "ProtocolError",
     "StoreError",
     "VoicebotError",
@@ -67,6 +68,12 @@ class EngineError(VoicebotError):
     """An engine (VAD, STT, LLM, TTS, wake word) failed while working."""
 
     code = "engine"
+
+
+class OverloadedError(VoicebotError):
+    """A shared model's queue is full: the call was refused, or shed for more urgent work."""
+
+    code = "overloaded"
 
 
 class ProtocolError(VoicebotError):

@@ -1,47 +1,119 @@
-"""One worker thread per model, bridging synchronous engines to asyncio."""
+"""One worker thread per model, bridging synchronous engines to asyncio.
+
+Every session shares a model's worker, so its queue is where sessions meet: it is bounded
+(:class:`~voicebot.errors.OverloadedError` past the bound) and ordered by :class:`Priority`,
+first in first out within a priority, so the user who just stopped talking is served before
+speculative work of the others.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, TypeVar
 
-__all__ = ["ModelWorker"]
+from .errors import EngineError, OverloadedError
+
+__all__ = ["DEFAULT_MAX_QUEUED", "ModelWorker", "Priority"]
 
 T = TypeVar("T")
 
 _END = object()
 
+DEFAULT_MAX_QUEUED = 16
+"""Calls a worker holds waiting (besides the one running): two per session at the default
+``[server] max_sessions`` of 8."""
+
+
+class Priority(IntEnum):
+    """Which queued call a worker takes next: the lowest value first."""
+
+    URGENT = 0
+    """A user is waiting now: the final transcription or first reply after end of speech."""
+    NORMAL = 1
+    """Ordinary work (the default)."""
+    BACKGROUND = 2
+    """Speculative work whose result may be thrown away; shed first when the queue is full."""
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    sequence: int
+    call: Callable[[], Any] = field(compare=False)
+    future: Future[Any] = field(compare=False)
+
 
 class ModelWorker:
-    """A single-thread executor for one model.
+    """A single thread for one model, fed from a bounded priority queue.
 
-    Calls into the model queue behind each other, so a stateful model is never entered twice
+    Calls into the model run one after the other, so a stateful model is never entered twice
     at once (several sessions share it), and the event loop never blocks on inference.
     Generators are consumed inside the worker thread; each item crosses to the loop with
-    ``loop.call_soon_threadsafe``.
+    ``loop.call_soon_threadsafe``. A call cancelled while still queued never runs.
     """
 
-    def __init__(self, name: str) -> None:
-        """Create the worker; its thread is named ``voicebot-<name>``."""
+    def __init__(self, name: str, *, max_queued: int = DEFAULT_MAX_QUEUED) -> None:
+        """Create the worker; its thread, ``voicebot-<name>``, starts with the first call.
+
+        Args:
+            name: The model this worker serves (names the thread and errors).
+            max_queued: Calls that may wait behind the running one; past it a call is
+                refused, unless it outranks a queued one, which is then refused instead.
+        """
+        if max_queued < 1:
+            raise ValueError("max_queued must be at least 1")
         self.name = name
         """The model this worker serves."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"voicebot-{name}")
+        self.max_queued = max_queued
+        """Calls that may wait behind the running one."""
+        self._queue: list[_Job] = []
+        self._sequence = itertools.count()
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` in the worker thread and return its result."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+    @property
+    def queued(self) -> int:
+        """Calls waiting (not counting the one running)."""
+        with self._condition:
+            return len(self._queue)
 
-    async def stream(self, make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.NORMAL, **kwargs: Any
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` in the worker thread and return its result.
+
+        Raises:
+            OverloadedError: the queue is full of calls at least as urgent as this one, or
+                this call was queued and then shed for a more urgent one.
+            EngineError: the worker is closed.
+        """
+        future = self._submit(functools.partial(fn, *args, **kwargs), priority)
+        # Cancelling the awaiting task cancels ``future``: if still queued it never runs.
+        return await asyncio.wrap_future(future)
+
+    async def stream(
+        self, make: Callable[[], Iterator[T]], *, priority: Priority = Priority.NORMAL
+    ) -> AsyncIterator[T]:
         """Iterate ``make()`` in the worker thread, yielding its items on the event loop.
 
-        If the consumer stops early (break, cancellation), the generator is closed in the
-        worker thread before its next item.
+        The whole iteration is one call in the queue: the worker serves nothing else until the
+        generator ends. If the consumer stops early (break, cancellation), the generator is
+        closed in the worker thread before its next item; if it stops before the call left
+        the queue, ``make`` is never called.
+
+        Raises:
+            OverloadedError: as :meth:`run`, on the first item.
+            EngineError: the worker is closed.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -68,7 +140,9 @@ class ModelWorker:
             finally:
                 post(_END)
 
-        future = loop.run_in_executor(self._executor, pump)
+        future = self._submit(pump, priority)
+        # A queued call shed, or cancelled by close(), never runs ``pump``: nothing posts _END.
+        future.add_done_callback(lambda done: post(_Shed(done)))
         try:
             while True:
                 item = await queue.get()
@@ -76,15 +150,84 @@ class ModelWorker:
                     break
                 if isinstance(item, _Failure):
                     raise item.error
+                if isinstance(item, _Shed):
+                    if item.future.cancelled():
+                        raise EngineError(f"the {self.name} worker is closed")
+                    error = item.future.exception()
+                    if error is not None:
+                        raise error
+                    continue  # pump ran: its _END came first
                 yield item
         finally:
             stop.set()
-            if future.done():
-                future.result()
+            future.cancel()  # still queued: it never runs
 
     def close(self) -> None:
-        """Stop accepting work; queued calls are cancelled."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop taking calls; queued calls are cancelled, the running one finishes."""
+        with self._condition:
+            self._closed = True
+            queued, self._queue = self._queue, []
+            self._condition.notify_all()
+        for job in queued:
+            job.future.cancel()
+
+    def _submit(self, call: Callable[[], Any], priority: Priority) -> Future[Any]:
+        future: Future[Any] = Future()
+        shed: _Job | None = None
+        with self._condition:
+            if self._closed:
+                raise EngineError(f"the {self.name} worker is closed")
+            job = _Job(int(priority), next(self._sequence), call, future)
+            if len(self._queue) >= self.max_queued:
+                # The least urgent, newest queued call makes room for a more urgent one.
+                last = max(self._queue)
+                if last.priority <= job.priority:
+                    raise OverloadedError(
+                        f"the {self.name} model is busy ({len(self._queue)} calls waiting): "
+                        "try again shortly"
+                    )
+                self._queue.remove(last)
+                heapq.heapify(self._queue)
+                shed = last
+            heapq.heappush(self._queue, job)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name=f"voicebot-{self.name}", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify()
+        future.add_done_callback(functools.partial(self._forget, job))
+        if shed is not None and shed.future.set_running_or_notify_cancel():
+            shed.future.set_exception(
+                OverloadedError(f"the {self.name} model is busy: more urgent work came first")
+            )
+        return future
+
+    def _forget(self, job: _Job, future: Future[Any]) -> None:
+        """A call cancelled while queued gives its place back at once."""
+        if not future.cancelled():
+            return
+        with self._condition:
+            if job in self._queue:
+                self._queue.remove(job)
+                heapq.heapify(self._queue)
+
+    def _serve(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue and not self._closed:
+                    self._condition.wait()
+                if not self._queue:
+                    return
+                job = heapq.heappop(self._queue)
+            if not job.future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                result = job.call()
+            except BaseException as error:  # handed to the caller
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
 
 
 class _Failure:
@@ -92,3 +235,12 @@ class _Failure:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+class _Shed:
+    """The stream's call finished without running ``pump`` (shed) or after it (harmless)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Future[Any]) -> None:
+        self.future = future
