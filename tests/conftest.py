@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from voicebot.audio import read_audio, resample
 from voicebot.config import Settings, load_settings
 from voicebot.engines import Engines
+from voicebot.speech_samples import SpeechMaker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,45 +53,25 @@ def real_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
     engines.close()
 
 
-class Speech:
-    """Makes test speech with the project's own voices (Piper) and espeak-ng."""
+class Speech(SpeechMaker):
+    """Test speech (:class:`voicebot.speech_samples.SpeechMaker`), with the engines beside it."""
 
-    def __init__(self, engines: Engines, tmp: Path) -> None:
+    def __init__(self, engines: Engines) -> None:
+        maker = SpeechMaker.load(REPO / "models")
+        super().__init__(maker.tts, espeak=maker.espeak_path)
         self.engines = engines
-        self.tmp = tmp
-        self._voice: Any = None
-
-    def piper(self, text: str, *, rate: float = 1.0) -> bytes:
-        """16 kHz PCM16 of Piper (the bot's voice) saying ``text``, identical on every run.
-
-        Piper adds random noise to its voice by default; test speech turns it off so a test
-        hears the same audio every time (flaky inputs make flaky tests).
-        """
-        if self._voice is None:
-            from voicebot.engines.tts import PiperTts
-
-            path = REPO / "models" / "piper-en_US-joe-medium" / "en_US-joe-medium.onnx"
-            self._voice = PiperTts(path, noise_scale=0.0, noise_w_scale=0.0)
-        pcm = b"".join(self._voice.synthesize(text, speaking_rate=rate))
-        return resample(pcm, self._voice.sample_rate_hz, 16000)
+        """The real engines, to hear the speech back."""
 
     def espeak(self, text: str, *, voice: str = "en-us", words_per_minute: int = 150) -> bytes:
         """16 kHz PCM16 of espeak-ng saying ``text`` (a voice unlike the bot's)."""
-        espeak = shutil.which("espeak-ng")
-        assert espeak, "espeak-ng is missing: run scripts/install-system-deps.sh --test"
-        out = self.tmp / f"espeak-{abs(hash((text, voice, words_per_minute)))}.wav"
-        subprocess.run(
-            [espeak, "-v", voice, "-s", str(words_per_minute), "-w", str(out), text],
-            check=True,
-            capture_output=True,
-        )
-        return read_audio(out, 16000)
+        assert self.espeak_path, "espeak-ng is missing: run scripts/install-system-deps.sh --test"
+        return super().espeak(text, voice=voice, words_per_minute=words_per_minute)
 
 
 @pytest.fixture(scope="session")
-def speech(real_engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Speech:
+def speech(real_engines: Engines) -> Speech:
     """Test speech maker."""
-    return Speech(real_engines, tmp_path_factory.mktemp("speech"))
+    return Speech(real_engines)
 
 
 def run_async(coro: object, timeout_s: float = 60.0) -> object:
