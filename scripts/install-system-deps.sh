@@ -6,19 +6,16 @@
 #   libasound2-plugins  lets PortAudio's ALSA backend reach PulseAudio
 #   chromium       the headless browser for the browser-client test
 #   systemd        systemd-analyze, to verify the shipped unit file
-#   g++            compiles llama.cpp for the optional llama-cpp chat backend (`make llamacpp`)
-# Usage: scripts/install-system-deps.sh [--test] [--build]
-#   --test adds the test-only packages (and the compiler: the tests cover the llama-cpp backend)
-#   --build adds only the compiler
+# Usage: scripts/install-system-deps.sh [--test]
+#   --test adds the test-only packages. Nothing is compiled: every engine comes as a wheel.
 set -euo pipefail
 
 packages=(libportaudio2)
 for option in "$@"; do
   case "$option" in
     --test) packages+=(espeak-ng pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
-                       chromium systemd g++) ;;
-    --build) packages+=(g++) ;;
-    *) echo "usage: $0 [--test] [--build]" >&2; exit 2 ;;
+                       chromium systemd) ;;
+    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
   esac
 done
 

@@ -8,17 +8,19 @@ or chat models that profiles ask for, loaded on first use), each with its own
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from ..config import Settings
-from ..errors import ConfigError, ModelNotFoundError
+from ..config import Profile, Settings
+from ..errors import ConfigError, ModelError, ModelNotFoundError, VoicebotError
 from ..models import ModelManager
 from ..workers import ModelWorker
 from .base import (
@@ -31,6 +33,7 @@ from .base import (
     VoiceActivityDetector,
     WakeWordDetector,
 )
+from .choose import BACKENDS, choose_backend, load_backend
 
 __all__ = [
     "ChatModel",
@@ -54,6 +57,8 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
+_M = TypeVar("_M")
+
 
 @dataclass
 class Engines:
@@ -76,6 +81,7 @@ class Engines:
     _workers: dict[int, ModelWorker] = field(default_factory=dict, repr=False)
     _voices: dict[str, TextToSpeech] = field(default_factory=dict, repr=False)
     _llms: dict[str, ChatModel] = field(default_factory=dict, repr=False)
+    _loading: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def worker(self, model: object, name: str = "model") -> ModelWorker:
@@ -87,22 +93,89 @@ class Engines:
             return worker
 
     def voice(self, name: str = "") -> TextToSpeech:
-        """The voice called ``name`` (empty: the default), loading it on first use."""
+        """The voice called ``name`` (empty: the default), loading it on first use.
+
+        This blocks while the voice loads: on the event loop, call :meth:`prepare` first.
+
+        Raises:
+            ModelError: the voice cannot be loaded (the next call tries again).
+        """
         if not name or self.voice_loader is None:
             return self.tts
-        with self._lock:
-            if name not in self._voices:
-                self._voices[name] = self.voice_loader(name)
-            return self._voices[name]
+        return self._load(self._voices, "voice", name, self.voice_loader)
 
     def chat_model(self, name: str = "") -> ChatModel:
-        """The chat model called ``name`` (empty: the default), loading it on first use."""
+        """The chat model called ``name`` (empty: the default), loading it on first use.
+
+        This blocks while the model loads: on the event loop, call :meth:`prepare` first.
+
+        Raises:
+            ModelError: the model cannot be loaded (the next call tries again).
+        """
         if not name or self.llm_loader is None:
             return self.llm
+        return self._load(self._llms, "chat model", name, self.llm_loader)
+
+    def is_loaded(self, profile: Profile) -> bool:
+        """True when the profile's voice and chat model are ready (no load would block)."""
         with self._lock:
-            if name not in self._llms:
-                self._llms[name] = self.llm_loader(name)
-            return self._llms[name]
+            voice = not profile.voice or self.voice_loader is None or profile.voice in self._voices
+            llm = (
+                not profile.llm_model or self.llm_loader is None or profile.llm_model in self._llms
+            )
+        return voice and llm
+
+    async def prepare(self, profile: Profile) -> None:
+        """Load the profile's own voice and chat model in a thread, if not loaded yet.
+
+        The event loop stays free meanwhile, and a session built for the profile afterwards
+        finds both loaded. Sessions preparing the same model at once share one load.
+
+        Raises:
+            ModelError: a model cannot be loaded.
+        """
+        if self.is_loaded(profile):
+            return
+        # A task cancelled meanwhile leaves the thread to finish: the model is cached for the
+        # next session that asks.
+        await asyncio.to_thread(self.voice, profile.voice)
+        await asyncio.to_thread(self.chat_model, profile.llm_model)
+
+    def _load(self, cache: dict[str, _M], kind: str, name: str, loader: Callable[[str], _M]) -> _M:
+        """``cache[name]``, loaded once however many threads ask at the same time.
+
+        The lock is held only to look up and register a load, never while loading, so a
+        lookup of another model (or of a worker) does not wait for this one.
+        """
+        key = f"{kind}:{name}"
+        with self._lock:
+            if name in cache:
+                return cache[name]
+            pending = self._loading.get(key)
+            loading = pending is None
+            if pending is None:
+                pending = self._loading[key] = Future()
+        if not loading:
+            return cast(_M, pending.result())  # another thread is loading it: share its result
+        _LOGGER.info("loading %s %s", kind, name)
+        start = time.perf_counter()
+        try:
+            model = loader(name)
+        except BaseException as error:
+            failure = error
+            if isinstance(error, Exception) and not isinstance(error, VoicebotError):
+                failure = ModelError(f"cannot load {kind} {name!r}: {error}")
+                failure.__cause__ = error
+            with self._lock:
+                del self._loading[key]
+            pending.set_exception(failure)
+            raise failure  # noqa: B904 (the cause is set above when wrapping)
+        with self._lock:
+            cache[name] = model
+            self.load_times_s[key] = time.perf_counter() - start
+            del self._loading[key]
+        pending.set_result(model)
+        return model
 
     def warm_up(self) -> dict[str, float]:
         """Run each model once so the first user does not pay for lazy initialisation.
@@ -197,24 +270,31 @@ def load_llm(
     manager = manager or model_manager(settings)
     path = resolve_model(reference or settings.llm.model, "llm", manager)
     llm = settings.llm
-    # What both backends take.
+    # What every engine takes.
     decoding: dict[str, Any] = {
         "max_new_tokens": llm.max_new_tokens,
         "temperature": llm.temperature,
         "repetition_penalty": llm.repetition_penalty,
         "threads": llm.threads,
     }
-    if llm.backend == "llama-cpp":
-        from .llm_llamacpp import LlamaCppChat
-
-        return LlamaCppChat(path, context_tokens=llm.context_tokens, **decoding)
-    if llm.backend != "transformers":
-        raise ConfigError(f"unknown chat backend {llm.backend!r} (known: transformers, llama-cpp)")
-    from .llm import TransformersChat
-
-    return TransformersChat(
-        path, device=llm.device, dtype=llm.dtype, weights=llm.weights, **decoding
-    )
+    backend = llm.backend
+    if backend not in ("auto", *BACKENDS):
+        known = ", ".join(("auto", *BACKENDS))
+        raise ConfigError(f"unknown chat backend {backend!r} (known: {known})")
+    model = str(path)
+    if backend == "auto":
+        if isinstance(path, Path):
+            choice = choose_backend(path, threads=llm.threads, device=llm.device)
+            backend, model = choice.backend, choice.model
+        else:  # a hub name: only transformers fetches one
+            backend = "transformers"
+    if backend == "transformers":
+        decoding.update(device=llm.device, dtype=llm.dtype, weights=llm.weights)
+    else:
+        decoding["context_tokens"] = llm.context_tokens
+    threads = decoding.pop("threads")
+    chat: ChatModel = load_backend(backend, model, threads, **decoding)
+    return chat
 
 
 def history_turns(settings: Settings, reference: str = "") -> int:

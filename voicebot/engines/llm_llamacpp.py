@@ -1,20 +1,34 @@
-"""The chat model with llama.cpp: the optional faster CPU backend for GGUF models.
+"""The chat model with llama.cpp: the fast CPU engine for GGUF models, with no compiler.
 
-transformers stays the default (it runs everywhere, and on CUDA); this backend runs the very
-GGUF the default model ships as, through ``llama-cpp-python`` (``pip install
-'voicebot[llamacpp]'``, or ``make llamacpp``, which builds it with flags that work on every x86
-CPU). On the development machine it decodes the default model at 40 tokens/s on one thread
-against 34 for transformers, and reads a prompt 3x faster (docs/benchmarks.md).
+It runs the very GGUF the default model ships as, through ``ik-llama-cpp-python``: prebuilt
+wheels (AVX2, glibc 2.27, so any x86-64 CPU of the last ten years and any current Linux) of
+``ik_llama.cpp``, the llama.cpp fork with the fastest CPU kernels. Nothing is compiled at
+install. On 2 cores the default 135M model decodes at 185 tokens/s on one thread, 2.5x
+CTranslate2 and 27x transformers on an AVX2-only CPU (docs/benchmarks.md).
+
+Two things make it fit a voice loop:
+
+- **The KV cache is kept between calls** and only the tokens after the longest common prefix
+  are read: the system prompt is read once, an end-of-turn question
+  (:meth:`~LlamaCppChat.end_of_turn_probability`) leaves the user's words in the cache for the
+  reply that follows, and a turn costs only its own new tokens.
+- **Prompts are read 16 tokens at a time.** This build's batched matrix kernels give wrong
+  logits for batches of more than 16 tokens of this model on AVX2 (measured: identical logits
+  to token-by-token evaluation up to 16, different from 32 on); the engine checks the chunked
+  read against one-token reads at load and falls back to smaller chunks if they ever differ.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import EngineError, ModelError
 from ._hardware import physical_cores
@@ -23,6 +37,25 @@ from .base import Message
 __all__ = ["LlamaCppChat", "find_gguf"]
 
 _LOGGER = logging.getLogger(__name__)
+
+_PREFILL_CHUNK = 16
+"""Prompt tokens per llama_decode call (see the module docstring)."""
+_SELF_CHECK_TEXT = (
+    "The quick brown fox jumps over the lazy dog while the cat sleeps on a warm windowsill "
+    "and the birds sing in the garden behind the old stone house by the river."
+)
+
+# llama.cpp logs every load step to stderr; send it to our logger instead. The callback
+# object must outlive the library, so it is a module global.
+_LOG_CALLBACK_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def _forward_log(level: int, text: bytes | None, _data: Any) -> None:
+    if text and level <= 2:  # GGML_LOG_LEVEL_ERROR is 4 in new builds, 2 in this one
+        _LOGGER.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+_LOG_CALLBACK = _LOG_CALLBACK_TYPE(_forward_log)
 
 
 def find_gguf(model: str | Path) -> Path:
@@ -48,12 +81,33 @@ def find_gguf(model: str | Path) -> Path:
     raise ModelError(f"the llama-cpp chat backend needs a .gguf file; {model} is not one")
 
 
-class LlamaCppChat:
-    """A GGUF chat model run by llama.cpp, streaming its reply.
+def _gguf_chat_metadata(path: Path) -> tuple[str, str, str]:
+    """The chat template and the BOS and EOS token texts stored in a GGUF file."""
+    from gguf import GGUFReader
 
-    The prompt is the model's own chat template (from the GGUF metadata). llama.cpp keeps the
-    previous prompt's KV cache and reuses its longest common prefix, so the system prompt is
-    read once, not at every turn.
+    reader = GGUFReader(str(path))
+
+    def field(name: str) -> Any:
+        item = reader.fields.get(name)
+        return None if item is None else item.contents()
+
+    template = field("tokenizer.chat_template")
+    tokens = field("tokenizer.ggml.tokens") or []
+
+    def token(name: str) -> str:
+        index = field(name)
+        return str(tokens[index]) if isinstance(index, int) and 0 <= index < len(tokens) else ""
+
+    if not template:
+        raise ModelError(f"chat model {path} has no chat template")
+    return str(template), token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
+
+
+class LlamaCppChat:
+    """A GGUF chat model run by llama.cpp (ik_llama.cpp build), streaming its reply.
+
+    The prompt is the model's own chat template (from the GGUF metadata), rendered with
+    jinja2 the way transformers renders it.
     """
 
     def __init__(
@@ -72,70 +126,99 @@ class LlamaCppChat:
             model: A ``.gguf`` file, or a directory holding one (a catalog model's).
             max_new_tokens: Longest reply.
             temperature: 0 for greedy decoding, else the sampling temperature.
-            repetition_penalty: Penalty on repeated tokens (1.0 for none).
-            threads: CPU threads; 0 for one less than the physical cores (at least 1).
+            repetition_penalty: Penalty on tokens already in the reply (1.0 for none).
+            threads: CPU threads; 0 for one less than the physical cores (at least 1): the
+                other core is left to speech recognition and synthesis.
             context_tokens: Context window to allocate (the prompt budget plus the reply).
 
         Raises:
-            ModelError: llama-cpp-python is not installed, or the model cannot be loaded.
+            ModelError: ik-llama-cpp-python is not installed, or the model cannot be loaded.
         """
         try:
-            from llama_cpp import Llama
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-        except ImportError as error:
+            from ik_llama_cpp import _ctypes_api
+            from ik_llama_cpp._internals import IkContext, IkModel
+        except (ImportError, OSError) as error:
             raise ModelError(
-                "the llama-cpp chat backend needs llama-cpp-python: run `make llamacpp` "
-                "(or pip install 'voicebot[llamacpp]')"
+                "the llama-cpp chat backend needs ik-llama-cpp-python "
+                f"(pip install 'ik-llama-cpp-python==0.1.5'): {error}"
             ) from error
+        import jinja2.sandbox
+
         path = find_gguf(model)
-        # Like the transformers backend: one core is left to speech recognition and synthesis.
+        self._c: Any = _ctypes_api
+        self._lib: Any = _ctypes_api._lib  # noqa: SLF001 - the loaded library, for the calls the wrapper lacks
+        self._lib.llama_log_set(_LOG_CALLBACK, None)
+        self._lib.llama_kv_cache_seq_rm.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.c_int32,
+        ]
+        self._lib.llama_kv_cache_seq_rm.restype = ctypes.c_bool
         self.threads = threads or max(1, physical_cores() - 1)
         """CPU threads."""
+        self.context_tokens = context_tokens + max_new_tokens
+        """Tokens the context holds."""
         try:
-            self._llama: Any = Llama(
-                model_path=str(path),
-                n_ctx=context_tokens + max_new_tokens,
-                n_threads=self.threads,
-                n_threads_batch=self.threads,
-                verbose=False,
+            template, self._bos, self._eos = _gguf_chat_metadata(path)
+            self._model: Any = IkModel(str(path))
+            self._ctx: Any = IkContext(
+                self._model, n_ctx=self.context_tokens, n_threads=self.threads, flash_attn=False
             )
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelError(f"cannot load chat model {path}: {error}") from error
-        template = self._llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ModelError(f"chat model {path} has no chat template")
-        self._format = Jinja2ChatFormatter(
-            template=template,
-            eos_token=self._token_text(self._llama.token_eos()),
-            bos_token=self._token_text(self._llama.token_bos()),
-            add_generation_prompt=True,
+        environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True
         )
-        # llama.cpp's context is not safe to enter from two threads; the session's worker
+        self._template = environment.from_string(template)
+        self._n_vocab = int(self._model.n_vocab)
+        self._cached: list[int] = []  # the tokens whose keys and values are in the context
+        # A llama.cpp context is not safe to enter from two threads; the session's worker
         # already serialises calls, this guards direct users.
         self._lock = threading.Lock()
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.repetition_penalty = repetition_penalty
+        self._rng = np.random.default_rng()
         self.device = "cpu"
         """Where the model runs."""
         self.name = str(path)
         """The model's path."""
-        _LOGGER.info("chat model %s with llama.cpp (%d threads)", path, self.threads)
+        self.prefill_chunk = self._check_prefill()
+        """Prompt tokens read per llama_decode call (verified at load)."""
+        self._end_token = self._end_of_turn_token()
+        _LOGGER.info(
+            "chat model %s with llama.cpp (%d threads, prompt chunks of %d)",
+            path,
+            self.threads,
+            self.prefill_chunk,
+        )
 
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        text: str = self._llama.detokenize([token], special=True).decode("utf-8", "replace")
+    # -- tokens -----------------------------------------------------------------------------
+
+    def _tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        tokens: list[int] = self._model.tokenize(text, add_bos=False, special=special)
+        return tokens
+
+    def _piece(self, token: int) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        size = self._c.llama_token_to_piece(self._model.model, token, buffer, 64, 0, False)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = self._c.llama_token_to_piece(self._model.model, token, buffer, -size, 0, False)
+        return buffer.raw[: max(0, size)]
+
+    def _render(self, messages: Sequence[Message], *, generation_prompt: bool) -> str:
+        text: str = self._template.render(
+            messages=list(messages),
+            add_generation_prompt=generation_prompt,
+            bos_token=self._bos,
+            eos_token=self._eos,
+        )
         return text
 
     def _prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        chat: Any = list(messages)  # llama_cpp's own message TypedDicts, same shape
-        prompt = self._format(messages=chat).prompt
-        # The template writes the special tokens itself (its own BOS included, if any).
-        tokens: list[int] = self._llama.tokenize(
-            prompt.encode("utf-8"), add_bos=False, special=True
-        )
-        return tokens
+        return self._tokenize(self._render(messages, generation_prompt=True))
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Prompt tokens these messages take, generation prompt included."""
@@ -143,7 +226,107 @@ class LlamaCppChat:
 
     def count_text_tokens(self, text: str) -> int:
         """Tokens in a piece of plain text (for the benchmark's tokens/s)."""
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False))
+        return len(self._tokenize(text, special=False))
+
+    def _end_of_turn_token(self) -> int:
+        """The token the template writes right after a message's text (``<|im_end|>``)."""
+        marker = "\u2063voicebot\u2063"
+        rendered = self._render([{"role": "user", "content": marker}], generation_prompt=False)
+        after = rendered.split(marker, 1)[1]
+        tokens = self._tokenize(after) if after.strip() else []
+        if tokens:
+            return tokens[0]
+        return int(self._c.llama_token_eos(self._model.model))
+
+    # -- the context ----------------------------------------------------------------------
+
+    def _decode(self, tokens: list[int], start: int, chunk: int) -> None:
+        """Read ``tokens`` at positions from ``start``; logits for the last one only."""
+        for offset in range(0, len(tokens), chunk):
+            part = tokens[offset : offset + chunk]
+            last = offset + len(part) >= len(tokens)
+            batch = self._c.llama_batch_init(len(part), 0, 1)
+            try:
+                batch.n_tokens = len(part)
+                for i, token in enumerate(part):
+                    batch.token[i] = token
+                    batch.pos[i] = start + offset + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 1 if last and i == len(part) - 1 else 0
+                result = self._c.llama_decode(self._ctx.ctx, batch)
+            finally:
+                self._c.llama_batch_free(batch)
+            if result != 0:
+                self._forget()
+                raise EngineError(f"llama_decode failed ({result})")
+            self._cached.extend(part)
+
+    def _logits(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        pointer = self._c.llama_get_logits_ith(self._ctx.ctx, -1)
+        values: np.ndarray[Any, np.dtype[np.float32]] = np.ctypeslib.as_array(
+            pointer, shape=(self._n_vocab,)
+        )
+        return values
+
+    def _forget(self) -> None:
+        self._c.llama_kv_cache_clear(self._ctx.ctx)
+        self._cached = []
+
+    def _prefill(self, tokens: list[int]) -> None:
+        """Make the context hold exactly ``tokens``, reading only what is not there yet."""
+        if len(tokens) + 1 > self.context_tokens:
+            raise EngineError(
+                f"prompt of {len(tokens)} tokens does not fit the {self.context_tokens}-token "
+                "context"
+            )
+        common = 0
+        limit = min(len(self._cached), len(tokens) - 1)  # read at least one: fresh logits
+        while common < limit and self._cached[common] == tokens[common]:
+            common += 1
+        if common < len(self._cached):
+            if not self._lib.llama_kv_cache_seq_rm(self._ctx.ctx, 0, common, -1):
+                self._forget()
+                common = 0
+            else:
+                del self._cached[common:]
+        self._decode(tokens[common:], common, self.prefill_chunk)
+
+    def _check_prefill(self) -> int:
+        """The largest prompt chunk whose logits match one-token reads (see module doc)."""
+        tokens = self._tokenize(_SELF_CHECK_TEXT, special=False)[: _PREFILL_CHUNK + 4]
+        self._forget()
+        self._decode(tokens, 0, 1)
+        reference = self._logits().copy()
+        chunk = _PREFILL_CHUNK
+        while chunk > 1:
+            self._forget()
+            self._decode(tokens, 0, chunk)
+            if float(np.abs(self._logits() - reference).max()) < 1e-2:
+                break
+            _LOGGER.warning("llama.cpp prompt chunks of %d disagree; trying smaller", chunk)
+            chunk //= 2
+        self._forget()
+        return chunk
+
+    # -- the engine protocols -------------------------------------------------------------
+
+    def _next_token(self, generated: list[int]) -> int:
+        logits = self._logits()
+        if self.repetition_penalty != 1.0 and generated:
+            logits = logits.copy()
+            seen = np.unique(np.asarray(generated))
+            values = logits[seen]
+            logits[seen] = np.where(
+                values > 0, values / self.repetition_penalty, values * self.repetition_penalty
+            )
+        if self.temperature <= 0:
+            return int(np.argmax(logits))
+        top = np.argpartition(logits, -40)[-40:]
+        scaled = (logits[top] - logits[top].max()) / self.temperature
+        probabilities = np.exp(scaled)
+        probabilities /= probabilities.sum()
+        return int(self._rng.choice(top, p=probabilities))
 
     def stream(self, messages: Sequence[Message], cancel: threading.Event) -> Iterator[str]:
         """Yield the reply in text fragments as the model writes it.
@@ -151,36 +334,45 @@ class LlamaCppChat:
         Runs in the calling thread (the chat model's worker); checks ``cancel`` after every
         token.
         """
-        import llama_cpp
-
         tokens = self._prompt_tokens(messages)
-        if len(tokens) + self.max_new_tokens > self._llama.n_ctx():
-            limit = self._llama.n_ctx()
-            raise EngineError(
-                f"prompt of {len(tokens)} tokens does not fit the {limit}-token context"
-            )
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        vocab = self._llama._model.vocab
         with self._lock:
-            try:
-                generated = self._llama.generate(
-                    tokens,
-                    temp=self.temperature,
-                    repeat_penalty=self.repetition_penalty,
-                    top_k=40 if self.temperature > 0 else 1,
-                    top_p=0.95 if self.temperature > 0 else 1.0,
-                    min_p=0.05 if self.temperature > 0 else 0.0,
-                )
-                for count, token in enumerate(generated):
-                    if cancel.is_set() or llama_cpp.llama_vocab_is_eog(vocab, token):
-                        break
-                    text = decoder.decode(self._llama.detokenize([token]))
-                    if text:
-                        yield text
-                    if count + 1 >= self.max_new_tokens:
-                        break
-                rest = decoder.decode(b"", final=True)
-                if rest and not cancel.is_set():
-                    yield rest
-            except RuntimeError as error:
-                raise EngineError(f"reply generation failed: {error}") from error
+            self._prefill(tokens)
+            generated: list[int] = []
+            for _ in range(self.max_new_tokens):
+                if cancel.is_set():
+                    return
+                token = self._next_token(generated)
+                if self._c.llama_token_is_eog(self._model.model, token):
+                    break
+                generated.append(token)
+                text = decoder.decode(self._piece(token))
+                if text:
+                    yield text
+                if cancel.is_set():
+                    return
+                self._decode([token], len(self._cached), 1)
+            rest = decoder.decode(b"", final=True)
+            if rest and not cancel.is_set():
+                yield rest
+
+    def end_of_turn_probability(self, messages: Sequence[Message]) -> float:
+        """Probability the model gives its end-of-message token right after the last message.
+
+        The last message is the user's (possibly unfinished) words. The tokens read stay in
+        the cache, so a reply to the same words that follows reads only the generation prompt.
+        """
+        if not messages:
+            return 1.0
+        marker = "\u2063voicebot\u2063"
+        text = messages[-1]["content"].rstrip()
+        last: Message = {"role": messages[-1]["role"], "content": marker}
+        rendered = self._render([*messages[:-1], last], generation_prompt=False)
+        prefix = rendered.split(marker, 1)[0] + text
+        tokens = self._tokenize(prefix)
+        with self._lock:
+            self._prefill(tokens)
+            logits = self._logits().astype(np.float64)
+        logits -= logits.max()
+        probabilities = np.exp(logits)
+        return float(probabilities[self._end_token] / probabilities.sum())
