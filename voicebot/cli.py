@@ -811,25 +811,41 @@ def _install_service(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, format_table, run_bench
+    from .bench import BenchOptions, format_side_by_side, run_isa_paths
 
     settings = _settings(args)
+    sessions = args.sessions or ("1" if args.quick else "1,2,4")
     try:
-        concurrency = tuple(int(n) for n in args.sessions.split(",") if n.strip())
+        concurrency = tuple(int(n) for n in sessions.split(",") if n.strip())
     except ValueError:
-        raise VoicebotError(f"--sessions takes numbers like 1,2,4, not {args.sessions!r}") from None
+        raise VoicebotError(f"--sessions takes numbers like 1,2,4, not {sessions!r}") from None
+    try:
+        pauses = tuple(int(n) for n in args.pauses.split(",") if n.strip())
+    except ValueError:
+        wrong = f"--pauses takes milliseconds like 300,500, not {args.pauses!r}"
+        raise VoicebotError(wrong) from None
+    if not pauses:
+        raise VoicebotError("--pauses needs at least one length")
+    turn_sentences = args.turn_sentences
+    if turn_sentences is None and args.quick:
+        turn_sentences = 1
     options = BenchOptions(
-        turns=args.turns,
+        turns=args.turns if args.turns is not None else (1 if args.quick else 6),
         concurrency=concurrency,
         wavs=tuple(args.wav or ()),
         reference=not args.no_reference,
+        llm_tokens=16 if args.quick else 64,
+        turn_sentences=turn_sentences,
+        inner_pauses_ms=pauses,
     )
     for wav in options.wavs:
         if not Path(wav).is_file():
             raise VoicebotError(f"cannot read {wav}: no such file")
+    path_label = os.environ.get("VOICEBOT_BENCH_ISA", "")
 
     def log(line: str) -> None:
-        print(f"[bench] {line}", file=sys.stderr, flush=True)
+        prefix = f"[bench {path_label}]" if path_label else "[bench]"
+        print(f"{prefix} {line}", file=sys.stderr, flush=True)
 
     if args.quality:
         return _quality(settings, args)
@@ -837,10 +853,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _stt_accuracy(settings, args, log)
     if args.wake:
         return _wake_accuracy(settings, args, log)
-    results = run_bench(settings, options, log)
-    print(format_table(results))
+    # The AVX2 path re-runs this very command line in a subprocess (bench.run_isa_paths).
+    argv = sys.argv[1:] if "bench" in sys.argv[1:] else ["bench"]
+    document = run_isa_paths(settings, options, args.isa, argv, log)
+    print(format_side_by_side(document))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         print(f"[bench] wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -1185,8 +1203,33 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.set_defaults(func=_cmd_daemon)
 
     bench = sub.add_parser("bench", help="measure latency and speed (docs/benchmarks.md)")
-    bench.add_argument("--turns", type=int, default=6, help="utterances per session")
-    bench.add_argument("--sessions", default="1,2,4", help="concurrent websocket sessions")
+    bench.add_argument("--turns", type=int, help="utterances per session (default 6)")
+    bench.add_argument(
+        "--sessions", help="websocket sessions talking at the same moment (default 1,2,4)"
+    )
+    bench.add_argument(
+        "--isa",
+        choices=("both", "best", "avx2"),
+        default="both",
+        help="the machine's best instruction set, AVX2 only (a capped subprocess), or both",
+    )
+    bench.add_argument(
+        "--turn-sentences",
+        type=int,
+        metavar="N",
+        help="sentences from each end-of-turn set (default all; 0 skips the end-of-turn run)",
+    )
+    bench.add_argument(
+        "--pauses",
+        default="300,400,500,600,700,800",
+        metavar="MS,...",
+        help="pause lengths inside sentences in the end-of-turn run",
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the benchmark works (numbers mean nothing)",
+    )
     bench.add_argument("--wav", action="append", metavar="FILE", help="add your own recording")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bench.add_argument(
