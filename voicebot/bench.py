@@ -895,8 +895,9 @@ ISA_NOTES = (
     "PyTorch: ATEN_CPU_CAPABILITY=avx2 (the capability in effect is printed per path); "
     "its oneDNN: ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA=AVX2",
     "CTranslate2 (faster-whisper): CT2_FORCE_CPU_ISA=AVX2",
-    "llama.cpp (llama-cpp-py-sync wheel): ignores the variables; the wheel is an AVX2 build "
-    "on every machine, so both paths run the same code",
+    "llama.cpp: ignores the variables; the llama-cpp-py-sync reference wheel is an AVX2 build "
+    "on every machine, and any llama.cpp build the chat engine loads has its instruction set "
+    "fixed when the wheel was built, so both paths run the same code",
     "ONNX Runtime (Piper voice): has no switch to cap its instruction set; it uses the best "
     "the CPU has on both paths",
 )
