@@ -209,6 +209,18 @@ class ServerSettings:
     """TLS certificate (PEM); with ``keyfile`` the server speaks wss/https."""
     keyfile: str = ""
     """TLS private key (PEM)."""
+    audio_burst_s: float = 4.0
+    """Audio a client may send ahead of real time before it is paced (the browser client
+    sends up to 3 s it held while the session opened)."""
+    audio_max_speed: float = 1.25
+    """Beyond the burst, a client's audio is read at most this many times real time (above 1,
+    so a client catching up after a network stall drains its backlog)."""
+    text_burst: int = 10
+    """Text frames (``text``, ``interrupt``, ...) a client may send at once before it is paced."""
+    text_max_per_s: float = 2.0
+    """Beyond the burst, text frames read per second."""
+    max_paced_s: float = 20.0
+    """A client kept paced this long without a break is closed with 1008 ``too fast``."""
 
 
 @dataclass(frozen=True)
