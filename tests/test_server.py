@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import threading
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -23,7 +24,9 @@ from voicebot.engines import Engines
 from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, tone
 from voicebot.errors import ConfigError
 from voicebot.store import Store
-from voicebot.transports.websocket import VoiceServer
+from voicebot.transports.websocket import Pacer, VoiceServer
+
+from .conftest import make_settings
 
 RATE = 16000
 
@@ -766,3 +769,242 @@ def test_serve_refuses_an_open_bind_without_a_token_before_loading(tmp_path: Pat
     assert result.returncode == 2
     assert "set a token" in result.stderr
     assert "loading" not in result.stderr  # refused before any model is touched
+
+
+# ------------------------------------------------------------------ profile models, load
+
+PROFILES = """
+[profiles.slow]
+llm_model = "slow-chat"
+voice = "slow-voice"
+
+[profiles.broken]
+llm_model = "broken-chat"
+"""
+
+
+class GatedLoader:
+    """Loads a fake model in a thread, holding it until the test opens the gate."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.calls: list[str] = []
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, name: str) -> Any:
+        self.calls.append(name)
+        if name.startswith("broken"):
+            raise RuntimeError("weights are corrupt")
+        self.entered.set()
+        assert self.opened.wait(10), "the test never opened the gate"
+        return self.make(name)
+
+
+@contextlib.asynccontextmanager
+async def profile_server(tmp_path: Path) -> AsyncIterator[tuple[VoiceServer, GatedLoader]]:
+    settings = make_settings(tmp_path, PROFILES)
+    settings = replace(settings, server=replace(settings.server, port=0))
+    chat = GatedLoader(lambda name: FakeChat(lambda messages: f"{name} answers."))
+    voices = GatedLoader(lambda name: FakeTts(sample_rate_hz=16000))
+    made = replace(engines(), llm_loader=chat, voice_loader=voices)
+    voices.opened.set()  # the voice loads at once: the chat model is the slow one
+    store = Store(settings.database_path())
+    server = VoiceServer(made, settings, store)
+    await server.start()
+    try:
+        yield server, chat
+    finally:
+        chat.opened.set()
+        await asyncio.wait_for(server.close(), 10)
+        store.close()
+
+
+async def starting(port: int, **start: Any) -> ClientConnection:
+    """A client that sent ``start`` and has not been answered yet."""
+    ws = await connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5)
+    await ws.send(json.dumps({"type": "start", "sample_rate": RATE, **start}))
+    return ws
+
+
+async def test_loading_a_profiles_model_does_not_stall_other_sessions(tmp_path: Path) -> None:
+    async with profile_server(tmp_path) as (server, loader):
+        running = Running(server)
+        other, _ = await running.client()
+        slow = await starting(server.port, profile="slow")
+        assert await asyncio.to_thread(loader.entered.wait, 10)
+        # The chat model is loading now: the other session is pinged and answered meanwhile,
+        # and a new one starts.
+        await asyncio.wait_for(await other.ping(), 5)
+        await other.send(json.dumps({"type": "text", "text": "ping"}))
+        assert (await next_event(other, "reply_done"))["text"] == "You said ping."
+        newcomer, _ = await running.client()
+        await asyncio.wait_for(await slow.ping(), 5)  # the loading session's pings too
+        assert server.active_connections == 3 and len(server.sessions) == 2
+        loader.opened.set()
+        ready = await next_event(slow, "ready")
+        assert ready["profile"] == "slow"
+        await slow.send(json.dumps({"type": "text", "text": "hi"}))
+        assert (await next_event(slow, "reply_done"))["text"] == "slow-chat answers."
+        for ws in (other, slow, newcomer):
+            await ws.close()
+
+
+async def test_sessions_needing_the_same_model_load_it_once(tmp_path: Path) -> None:
+    async with profile_server(tmp_path) as (server, loader):
+        first = await starting(server.port, profile="slow")
+        assert await asyncio.to_thread(loader.entered.wait, 10)
+        second = await starting(server.port, profile="slow")
+        await asyncio.wait_for(await second.ping(), 5)
+        loader.opened.set()
+        for ws in (first, second):
+            assert (await next_event(ws, "ready"))["profile"] == "slow"
+            await ws.send(json.dumps({"type": "text", "text": "hi"}))
+            assert (await next_event(ws, "reply_done"))["text"] == "slow-chat answers."
+        third, _ = await Running(server).client(profile="slow")
+        assert loader.calls == ["slow-chat"]
+        assert server.engines.chat_model("slow-chat") is server.engines.chat_model("slow-chat")
+        for ws in (first, second, third):
+            await ws.close()
+
+
+async def test_a_profile_model_that_fails_to_load_closes_that_session_only(
+    tmp_path: Path,
+) -> None:
+    async with profile_server(tmp_path) as (server, loader):
+        broken = await starting(server.port, profile="broken")
+        error = await next_event(broken, "error")
+        assert error["code"] == "model" and "broken-chat" in error["message"]
+        closed = await closed_by_server(broken)
+        assert closed.rcvd is not None and closed.rcvd.code == 1011
+        ws, _ = await Running(server).client()
+        await ws.send(json.dumps({"type": "text", "text": "still there"}))
+        assert (await next_event(ws, "reply_done"))["text"] == "You said still there."
+        # A failed load is not remembered as loaded: the next session tries again.
+        again = await starting(server.port, profile="broken")
+        assert (await next_event(again, "error"))["code"] == "model"
+        assert loader.calls == ["broken-chat", "broken-chat"]
+        await ws.close()
+
+
+# ------------------------------------------------------------------ pacing
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_pacer_lets_a_burst_through_then_paces_to_its_rate() -> None:
+    clock = FakeClock()
+    pacer = Pacer(burst=2.0, rate_per_s=1.0, max_paced_s=5.0, clock=clock)
+    assert [pacer.charge(0.5) for _ in range(4)] == [0.0] * 4  # the burst, at once
+    assert pacer.charge(0.5) == pytest.approx(0.5)  # over: wait until it is earned
+    clock.now += 0.5
+    assert pacer.charge(0.5) == pytest.approx(0.5)
+    assert not pacer.over_limit
+    clock.now += 10.0  # a pause refills the budget, up to the burst only
+    assert pacer.charge(2.0) == 0.0
+    assert pacer.charge(1.0) == pytest.approx(1.0)
+
+
+def test_a_pacer_gives_up_on_a_client_that_never_slows_down() -> None:
+    clock = FakeClock()
+    pacer = Pacer(burst=1.0, rate_per_s=1.0, max_paced_s=3.0, clock=clock)
+    pacer.charge(1.0)
+    for _ in range(3):
+        clock.now += pacer.charge(1.0)  # it sends again the moment it is read
+        assert not pacer.over_limit
+    clock.now += pacer.charge(1.0)
+    clock.now += pacer.charge(1.0)
+    assert pacer.over_limit
+
+
+def test_a_client_that_slows_down_is_no_longer_paced() -> None:
+    clock = FakeClock()
+    pacer = Pacer(burst=1.0, rate_per_s=1.25, max_paced_s=3.0, clock=clock)
+    for _ in range(3):
+        clock.now += pacer.charge(1.0)
+    assert pacer.paced_s > 0
+    for _ in range(10):  # real time now: each second of audio a second later
+        clock.now += 1.0
+        assert pacer.charge(1.0) == 0.0
+    clock.now += 10.0
+    assert not pacer.over_limit
+
+
+async def fast_server(settings: Settings, **server_settings: Any) -> VoiceServer:
+    return await make_server(
+        settings, audio_burst_s=1.0, audio_max_speed=1.25, max_paced_s=1.5, **server_settings
+    )
+
+
+async def test_an_over_fast_client_is_closed_while_a_real_time_one_is_answered(
+    settings: Settings,
+) -> None:
+    server = await fast_server(settings)
+    try:
+        running = Running(server)
+        fair, _ = await running.client()
+        flood, _ = await running.client()
+
+        async def flood_audio() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await flood.send(silence(0.1, RATE))  # as fast as the socket takes it
+
+        flooding = asyncio.create_task(flood_audio())
+        try:
+            async with silence_streamed(fair):
+                await asyncio.wait_for(await fair.ping(), 5)
+                await fair.send(json.dumps({"type": "text", "text": "ping"}))
+                assert (await next_event(fair, "reply_done"))["text"] == "You said ping."
+                closed = await closed_by_server(flood, timeout_s=15)
+                assert closed.rcvd is not None
+                assert (closed.rcvd.code, closed.rcvd.reason) == (1008, "too fast")
+                # The fair session goes on after the flood was closed.
+                await send_speech(fair, tone(0.8) + silence(1.0, RATE), chunk_s=0.02)
+                transcript = await next_event(fair, "transcript")
+                assert transcript["text"] == "hello there"
+        finally:
+            flooding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(flooding, 5)
+        await fair.close()
+    finally:
+        await server.close()
+
+
+async def test_a_burst_beyond_the_budget_is_paced_not_dropped(settings: Settings) -> None:
+    server = await fast_server(settings)
+    try:
+        ws, _ = await Running(server).client()
+        # Three seconds at once, three times the burst: read at the pace, every bit heard.
+        speech = silence(0.5, RATE) + tone(0.8) + silence(1.7, RATE)
+        for offset in range(0, len(speech), 3200):
+            await ws.send(speech[offset : offset + 3200])
+        frames = await collect_until(ws, "transcript", timeout_s=15)
+        kinds = [f["type"] for f in frames if isinstance(f, dict) and f["type"] != "state"]
+        assert kinds == ["speech_started", "speech_stopped", "transcript"]
+        assert frames[-1]["text"] == "hello there"
+        await asyncio.wait_for(await ws.ping(), 5)  # paced, not closed
+        await ws.close()
+    finally:
+        await server.close()
+
+
+async def test_a_flood_of_text_messages_is_closed(settings: Settings) -> None:
+    server = await make_server(settings, text_burst=3, text_max_per_s=2.0, max_paced_s=1.0)
+    try:
+        ws, _ = await Running(server).client()
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(40):
+                await ws.send(json.dumps({"type": "interrupt"}))
+        closed = await closed_by_server(ws, timeout_s=15)
+        assert closed.rcvd is not None
+        assert (closed.rcvd.code, closed.rcvd.reason) == (1008, "too fast")
+    finally:
+        await server.close()

@@ -17,6 +17,7 @@ import logging
 import mimetypes
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -29,9 +30,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..audio import StreamResampler
-from ..config import Settings
+from ..config import Profile, Settings
 from ..engines import Engines
-from ..errors import ConfigError, ProtocolError, VoicebotError
+from ..errors import ConfigError, ModelError, ProtocolError, VoicebotError
 from ..events import (
     AudioOut,
     Event,
@@ -54,7 +55,15 @@ from ..protocol import (
 from ..session import Session
 from ..store import Store
 
-__all__ = ["CLOSE_SERVER_FULL", "VoiceServer", "check_server_settings", "web_root"]
+__all__ = [
+    "CLOSE_SERVER_ERROR",
+    "CLOSE_SERVER_FULL",
+    "CLOSE_TOO_FAST",
+    "Pacer",
+    "VoiceServer",
+    "check_server_settings",
+    "web_root",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,9 +73,17 @@ CLOSE_GOING_AWAY = 1001
 """The server is shutting down."""
 CLOSE_POLICY = 1008
 """Wrong token, unknown profile or conversation, or no ``start`` in time."""
+CLOSE_TOO_FAST = CLOSE_POLICY
+"""A client kept sending faster than it is read for ``[server] max_paced_s`` (reason
+``too fast``)."""
+CLOSE_SERVER_ERROR = 1011
+"""The server failed: a profile's model cannot be loaded, or an unexpected error."""
 CLOSE_SERVER_FULL = 1013
 """Too many connections: try again later."""
 _START_TIMEOUT_S = 10.0
+_MIN_FRAME_CHARGE_S = 0.005
+"""Each audio frame costs at least this much of the audio budget: a flood of tiny frames is
+paced like audio (a browser sends 20 ms frames)."""
 
 
 def web_root() -> Path:
@@ -327,6 +344,8 @@ class VoiceServer:
         start = await self._await_start(connection)
         if start is None:
             return
+        if not await self._prepare_profile(connection, start):
+            return
         send = _Sender(connection, start.output_sample_rate_hz)
         try:
             session = Session(
@@ -366,12 +385,33 @@ class VoiceServer:
             await send.release()
             if start.greet:
                 await session.greet()
-            await self._receive(connection, session, send)
+            await self._receive(connection, session, send, start.sample_rate_hz)
         except ConnectionClosed:
             pass
         finally:
             self.sessions.pop(connection, None)
             await session.close()
+
+    async def _prepare_profile(self, connection: ServerConnection, start: StartMessage) -> bool:
+        """Load the profile's own models off the event loop; on failure tell the client why.
+
+        Other sessions go on meanwhile; the session built next finds the models loaded.
+        """
+        try:
+            profile: Profile = self.settings.get_profile(start.profile)
+            if not self.engines.is_loaded(profile):
+                _LOGGER.info("loading the models of profile %s", profile.name)
+            await self.engines.prepare(profile)
+        except ModelError as error:
+            _LOGGER.error("profile %s: %s", start.profile or self.settings.profile, error)
+            await _send_quietly(connection, error_frame(error.code, str(error)))
+            await _close_quietly(connection, CLOSE_SERVER_ERROR, error.code)
+            return False
+        except VoicebotError as error:
+            await _send_quietly(connection, error_frame(error.code, str(error)))
+            await _close_quietly(connection, CLOSE_POLICY, error.code)
+            return False
+        return True
 
     async def _await_start(self, connection: ServerConnection) -> StartMessage | None:
         try:
@@ -412,8 +452,22 @@ class VoiceServer:
             pass
         return None
 
-    async def _receive(self, connection: ServerConnection, session: Session, send: _Sender) -> None:
-        idle_s = self.settings.server.idle_timeout_s
+    async def _receive(
+        self, connection: ServerConnection, session: Session, send: _Sender, input_rate_hz: int
+    ) -> None:
+        server = self.settings.server
+        idle_s = server.idle_timeout_s
+        audio_pacer = Pacer(
+            burst=server.audio_burst_s,
+            rate_per_s=server.audio_max_speed,
+            max_paced_s=server.max_paced_s,
+        )
+        text_pacer = Pacer(
+            burst=server.text_burst,
+            rate_per_s=server.text_max_per_s,
+            max_paced_s=server.max_paced_s,
+        )
+        bytes_per_s = 2 * input_rate_hz
         send.touch()
         while True:
             # Idle means nobody speaks: a browser with its microphone on streams silence
@@ -429,6 +483,22 @@ class VoiceServer:
                     frame = await connection.recv()
             except TimeoutError:
                 continue
+            pacer = text_pacer
+            cost = 1.0
+            if isinstance(frame, bytes):
+                pacer = audio_pacer
+                cost = max(len(frame) / bytes_per_s, _MIN_FRAME_CHARGE_S)
+            wait_s = pacer.charge(cost)
+            if pacer.over_limit:
+                _LOGGER.warning("closing a client that kept sending faster than real time")
+                await _close_unread(connection, CLOSE_TOO_FAST, "too fast")
+                return
+            if wait_s > 0:
+                # Pacing: the next frame is read later, so this client's sends back up to it
+                # while the other sessions are served. A close ends the wait.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await connection.wait_closed()
             if isinstance(frame, bytes):
                 try:
                     await session.feed(frame)
@@ -452,6 +522,69 @@ class VoiceServer:
                 return
             else:
                 await connection.send(error_frame("already_started", "the session has started"))
+
+
+class Pacer:
+    """A token bucket that paces one client's frames; sans I/O, with an injectable clock.
+
+    A client may spend ``burst`` at once; the budget then refills at ``rate_per_s``. A frame
+    over budget is still taken, and :meth:`charge` says how long to wait before reading the
+    next one. A client kept waiting without a break for more than ``max_paced_s`` is
+    :attr:`over_limit`: it is not slowing down.
+    """
+
+    def __init__(
+        self,
+        *,
+        burst: float,
+        rate_per_s: float,
+        max_paced_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Create a full bucket.
+
+        Args:
+            burst: What may be spent at once (audio seconds, or frames).
+            rate_per_s: What the budget regains per second of ``clock``.
+            max_paced_s: Longest time a client may stay paced without a break.
+            clock: Seconds, monotonic.
+        """
+        if burst <= 0 or rate_per_s <= 0:
+            raise ValueError("a pacer needs a positive burst and rate")
+        self.burst = burst
+        """What may be spent at once."""
+        self.rate_per_s = rate_per_s
+        """What the budget regains per second."""
+        self.max_paced_s = max_paced_s
+        """Longest time a client may stay paced without a break."""
+        self.paced_s = 0.0
+        """Total time this client was asked to wait."""
+        self._clock = clock
+        self._credit = burst
+        self._last = clock()
+        self._paced_since: float | None = None
+
+    @property
+    def over_limit(self) -> bool:
+        """The client has stayed paced for longer than :attr:`max_paced_s`."""
+        return (
+            self._paced_since is not None and self._clock() - self._paced_since > self.max_paced_s
+        )
+
+    def charge(self, cost: float) -> float:
+        """Spend ``cost`` of the budget; returns the seconds to wait before reading on."""
+        now = self._clock()
+        self._credit = min(self.burst, self._credit + (now - self._last) * self.rate_per_s)
+        self._last = now
+        self._credit -= cost
+        if self._credit >= 0:
+            self._paced_since = None
+            return 0.0
+        if self._paced_since is None:
+            self._paced_since = now
+        wait_s = -self._credit / self.rate_per_s
+        self.paced_s += wait_s
+        return wait_s
 
 
 class _Sender:
@@ -528,6 +661,21 @@ class _Sender:
 async def _send_quietly(connection: ServerConnection, frame: str | bytes) -> None:
     with contextlib.suppress(ConnectionClosed):
         await connection.send(frame)
+
+
+async def _close_unread(connection: ServerConnection, code: int, reason: str) -> None:
+    """Close a connection with frames still unread, reading them away meanwhile.
+
+    Unread frames pause the connection's reading, and the client's close frame would wait
+    behind them until the closing handshake times out.
+    """
+    closing = asyncio.ensure_future(connection.close(code, reason))
+    try:
+        with contextlib.suppress(ConnectionClosed):
+            while not closing.done():
+                await connection.recv()
+    finally:
+        await closing
 
 
 async def _close_quietly(connection: ServerConnection, code: int, reason: str) -> None:
