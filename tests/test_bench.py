@@ -74,7 +74,7 @@ def test_bench_measures_every_stage_and_the_voice_to_voice_latency(tmp_path: Pat
     assert results["stt"]["ms"]["n"] == 6  # six spoken questions, each transcribed
     assert results["llm"]["tokens_per_s"]["p50"] > 0
     # The reference runs happened in the same benchmark: plain faster-whisper and llama.cpp
-    # (skipped, with the reason, where the llama-cpp-py-sync wheel cannot load).
+    # (skipped, with the reason, where the llama.cpp wheel cannot load).
     assert results["stt"]["reference_faster_whisper_ms"]["n"] == 6
     reference = results["llm"]["reference_llama_cpp"]
     assert reference.get("skipped") or reference["tokens_per_s"]["p50"] > 0

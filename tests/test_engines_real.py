@@ -98,10 +98,13 @@ def test_piper_stops_between_sentences_when_cancelled(real_engines: Engines) -> 
     assert len(chunks) == 1
 
 
-def test_llm_streams_a_short_answer(real_engines: Engines) -> None:
+def test_llm_streams_a_short_answer(real_engines: Engines, settings) -> None:
+    # With the prompt the assistant always sends: the default profile's.
+    system = {"role": "system", "content": settings.get_profile().prompt()}
     fragments = list(
         real_engines.llm.stream(
-            [{"role": "user", "content": "What is the capital of France?"}], threading.Event()
+            [system, {"role": "user", "content": "What is the capital of France?"}],
+            threading.Event(),
         )
     )
     assert len(fragments) > 3
@@ -205,16 +208,22 @@ def test_another_chat_model_is_used_by_configuration_alone(tmp_path) -> None:
     from dataclasses import replace
 
     from voicebot.engines import load_llm
+    from voicebot.engines._hardware import cpu_has_bf16
     from voicebot.engines.llm import TransformersChat
 
     from .conftest import make_settings
 
-    # A model named by its directory (as a user's bigger model would be), dense weights.
+    # A model named by its directory (as a user's bigger model would be), on transformers,
+    # the engine for any Hugging Face model; int8 weights where the CPU computes in bf16.
     directory = REPO / "models" / "smollm2-135m-instruct" / "hf"
     settings = make_settings(tmp_path)
-    settings = replace(settings, llm=replace(settings.llm, model=str(directory), weights="int8"))
+    settings = replace(
+        settings,
+        llm=replace(settings.llm, model=str(directory), weights="int8", backend="transformers"),
+    )
     llm = load_llm(settings)
-    assert isinstance(llm, TransformersChat) and llm.weights == "int8"
+    assert isinstance(llm, TransformersChat)
+    assert llm.weights == ("int8" if cpu_has_bf16() else "dense")
     reply = "".join(
         llm.stream(
             [{"role": "user", "content": "What is the capital of France?"}], threading.Event()

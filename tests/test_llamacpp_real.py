@@ -1,7 +1,7 @@
-"""The optional llama.cpp chat backend on the embedded GGUF: same contract as transformers.
+"""The llama.cpp chat engine (prebuilt ik_llama.cpp) on the embedded GGUF.
 
-`make test` builds llama-cpp-python (`make llamacpp`), so these tests run in CI; a missing
-package fails them, it never skips them.
+It is the default CPU engine, installed with voicebot: a missing package fails these tests, it
+never skips them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import llama_cpp  # noqa: F401  (fail loudly when `make llamacpp` did not run)
+import ik_llama_cpp  # noqa: F401  (fail loudly when the engine is not installed)
 import pytest
 
 from voicebot.audio import read_audio, write_wav
@@ -51,18 +51,19 @@ def test_it_answers_from_the_catalog_gguf(llama: LlamaCppChat) -> None:
     assert "paris" in "".join(fragments).lower()
 
 
-def test_the_prompt_is_the_models_own_chat_template(
-    llama: LlamaCppChat, real_engines: Engines
-) -> None:
-    # Same template, same tokenizer: both backends count the same prompt tokens, so history is
-    # trimmed to the budget identically.
+def test_the_prompt_is_the_models_own_chat_template(llama: LlamaCppChat) -> None:
+    from voicebot.engines.llm_ct2 import CTranslate2Chat
+
+    # The GGUF's template and tokenizer against the Hugging Face files read by another engine:
+    # the same prompt tokens, so history is trimmed to the budget identically.
+    other = CTranslate2Chat(GGUF_DIR / "hf")
     messages = [
         SYSTEM,
         {"role": "user", "content": "My name is Ada."},
         {"role": "assistant", "content": "Nice to meet you, Ada!"},
         {"role": "user", "content": "What is my name?"},
     ]
-    assert llama.count_tokens(messages) == real_engines.llm.count_tokens(messages)
+    assert llama.count_tokens(messages) == other.count_tokens(messages)
 
 
 def test_cancelling_stops_within_a_token_and_the_next_reply_is_whole(llama: LlamaCppChat) -> None:
@@ -109,12 +110,45 @@ def test_a_model_without_a_gguf_is_a_clear_error(tmp_path: Path) -> None:
         LlamaCppChat(tmp_path / "a.gguf")
 
 
-def test_without_llama_cpp_python_the_error_names_the_fix(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)
-    with pytest.raises(ModelError, match="make llamacpp"):
+def test_without_the_package_the_error_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ik_llama_cpp", None)
+    with pytest.raises(ModelError, match="pip install 'ik-llama-cpp-python"):
         LlamaCppChat(GGUF_DIR)
+
+
+def test_prompts_read_in_chunks_give_the_logits_of_one_token_reads(llama: LlamaCppChat) -> None:
+    # The build's batched kernels are wrong past 16 tokens: the engine picked a chunk size
+    # that it verified, and a long prompt read in chunks answers as a cold, short one does.
+    assert 1 <= llama.prefill_chunk <= 16
+    question = {"role": "user", "content": "What is the capital of France?"}
+    long_system = {
+        "role": "system",
+        "content": "You are a helpful AI assistant. Keep answers brief. " * 12,
+    }
+    reply = "".join(llama.stream([long_system, question], threading.Event()))
+    assert llama.count_tokens([long_system, question]) > 4 * llama.prefill_chunk
+    assert "paris" in reply.lower()
+
+
+def test_the_kept_cache_gives_the_same_reply_as_a_cold_start(llama: LlamaCppChat) -> None:
+    messages = [SYSTEM, {"role": "user", "content": "How many legs does a spider have?"}]
+    cold = LlamaCppChat(GGUF_DIR, threads=1)
+    expected = "".join(cold.stream(messages, threading.Event()))
+    # Warm the cache with other prompts sharing a prefix, and an end-of-turn question on the
+    # same words, then ask again: only the tokens after the common prefix are read.
+    "".join(llama.stream([SYSTEM, {"role": "user", "content": "How many"}], threading.Event()))
+    llama.end_of_turn_probability(messages)
+    assert "".join(llama.stream(messages, threading.Event())) == expected
+
+
+def test_finished_words_are_more_likely_the_end_of_the_turn(llama: LlamaCppChat) -> None:
+    def probability(text: str) -> float:
+        return llama.end_of_turn_probability([SYSTEM, {"role": "user", "content": text}])
+
+    finished = [probability(t) for t in ("What is the capital of France?", "Tell me a joke.")]
+    unfinished = [probability(t) for t in ("I want to know what the", "Set a timer for")]
+    assert all(0.0 <= p <= 1.0 for p in finished + unfinished)
+    assert min(finished) > 10 * max(unfinished), (finished, unfinished)
 
 
 async def test_a_voice_session_on_llama_cpp_remembers_the_user(

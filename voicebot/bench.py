@@ -362,25 +362,39 @@ def bench_llm(engines: Engines, settings: Settings, options: BenchOptions) -> di
 
 
 _LLAMA_SCRIPT = r"""
-import json, sys, time
-from llama_cpp_py_sync import Llama
+import json, sys
+import numpy as np
+from ik_llama_cpp import _ctypes_api as C
+from ik_llama_cpp._internals import IkContext, IkModel, make_batch_range, make_batch_single
 path, prompts = sys.argv[1], json.loads(sys.argv[2])
 tokens, threads = int(sys.argv[3]), int(sys.argv[4])
-model = Llama(path, n_ctx=2048, n_threads=threads, n_threads_batch=threads)
+model = IkModel(path)
+context = IkContext(model, n_ctx=2048, n_threads=threads, flash_attn=False)
 out = []
 for prompt in prompts:
-    start = time.perf_counter(); first = None; count = 0
-    for _ in model.generate(prompt, max_tokens=tokens, temperature=0.0, stream=True):
-        if first is None:
-            first = time.perf_counter()
-        count += 1
-    if first is not None:
-        out.append([first - start, time.perf_counter() - first, count])
-info = model.print_system_info()
-model.close()
-print(json.dumps({"runs": out, "system_info": info}))
+    ids = model.tokenize(prompt, add_bos=False, special=True)
+    C.llama_kv_cache_clear(context.ctx)
+    context.perf_reset()
+    for start in range(0, len(ids), 16):
+        batch = make_batch_range(ids[start:start + 16], pos_start=start, logits_last=True)
+        context.decode(batch)
+        C.llama_batch_free(batch)
+    position = len(ids)
+    for _ in range(tokens):
+        logits = np.ctypeslib.as_array(context.get_logits(-1), shape=(model.n_vocab,))
+        token = int(logits.argmax())
+        batch = make_batch_single(token, position)
+        context.decode(batch)
+        C.llama_batch_free(batch)
+        position += 1
+    perf = context.perf()
+    out.append([perf["t_p_eval_ms"], perf["n_p_eval"], perf["t_eval_ms"], perf["n_eval"]])
+print(json.dumps({"runs": out, "system_info": "ik_llama.cpp (AVX2 build)"}))
 """
-"""The reference: llama-cpp-py-sync's own ``Llama.generate``, one piece of text per token."""
+"""The reference: llama.cpp's own timers (prompt read, then one decode call per token, as
+llama-bench times them), excluding any Python around them. The prompt is read in chunks of 16
+tokens as the engine does (the build is wrong on larger batches); every token is decoded, so
+no early end shortens the run."""
 
 
 def _chatml(messages: Sequence[Message]) -> str:
@@ -390,7 +404,7 @@ def _chatml(messages: Sequence[Message]) -> str:
 
 
 def _llama_cpp_reference(settings: Settings, options: BenchOptions, threads: int) -> dict[str, Any]:
-    """llama.cpp (the prebuilt llama-cpp-py-sync wheel) on the same GGUF, in its own process.
+    """llama.cpp (the prebuilt ik_llama.cpp wheel) on the same GGUF, in its own process.
 
     In-process it would share the cores with torch's and CTranslate2's OpenMP threads, which
     measured it at a third of its speed. It runs at ``threads``, the chat engine's own count.
@@ -430,13 +444,14 @@ def _llama_cpp_reference(settings: Settings, options: BenchOptions, threads: int
         return {"skipped": "llama.cpp took more than 10 minutes"}
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["no error output"]
-        return {"skipped": f"llama-cpp-py-sync failed: {lines[-1][-300:]}"}
+        return {"skipped": f"llama.cpp failed: {lines[-1][-300:]}"}
     report = json.loads(result.stdout.strip().splitlines()[-1])
     runs = report["runs"]
-    ttft = [first * 1000 for first, _, _ in runs]
-    rates = [(count - 1) / rest for _, rest, count in runs if count > 1 and rest > 0]
+    # The first token comes after the whole prompt is read and one decode step.
+    ttft = [read + decode / max(1, steps) for read, _, decode, steps in runs]
+    rates = [steps * 1000 / decode for _, _, decode, steps in runs if steps and decode > 0]
     return {
-        "package": "llama-cpp-py-sync",
+        "package": "ik-llama-cpp-python",
         "gguf": ggufs[0].name,
         "first_token_ms": summarize(ttft),
         "tokens_per_s": summarize(rates),
@@ -895,9 +910,9 @@ ISA_NOTES = (
     "PyTorch: ATEN_CPU_CAPABILITY=avx2 (the capability in effect is printed per path); "
     "its oneDNN: ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA=AVX2",
     "CTranslate2 (faster-whisper): CT2_FORCE_CPU_ISA=AVX2",
-    "llama.cpp: ignores the variables; the llama-cpp-py-sync reference wheel is an AVX2 build "
-    "on every machine, and any llama.cpp build the chat engine loads has its instruction set "
-    "fixed when the wheel was built, so both paths run the same code",
+    "llama.cpp: ignores the variables; the ik_llama.cpp wheel (engine and reference) is an "
+    "AVX2 build on every machine, and any llama.cpp build has its instruction set fixed "
+    "when the wheel was built, so both paths run the same code",
     "ONNX Runtime (Piper voice): has no switch to cap its instruction set; it uses the best "
     "the CPU has on both paths",
 )

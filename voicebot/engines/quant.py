@@ -3,8 +3,8 @@
 Decoding one token multiplies a single row of activations by every weight of the model, so
 on a CPU its speed is set by how many bytes of weights stream through the cores: bf16
 weights gave 22 tokens/s on this project's 2-core machine, int8 37, int4 49 (llama.cpp on the
-same GGUF: 64). Prompts (many rows) are still multiplied by the dense bf16 weights, which
-oneDNN does faster than the packed kernels.
+same GGUF: 64). Prompts (many rows) go through the same packed kernels: keeping a dense bf16
+copy for them made prompts a little faster but held every weight twice in memory.
 
 * ``int4``: groups of 32 weights along the input dimension, each with a scale and a zero,
   which is exactly the layout of GGUF ``Q4_1``: the default chat model, converted from a
@@ -25,8 +25,6 @@ __all__ = ["QuantizedLinear", "int4_supported", "quantize_linears"]
 _LOGGER = logging.getLogger(__name__)
 
 GROUP_SIZE = 32
-_DENSE_ROWS = 4
-"""With more activation rows than this (a prompt), the dense weights are faster."""
 
 
 def int4_supported() -> bool:
@@ -39,7 +37,6 @@ def int4_supported() -> bool:
 class QuantizedLinear(nn.Module):
     """A bias-free linear layer with packed low-bit weights for one-row products."""
 
-    dense: torch.Tensor
     bits: int
     in_features: int
     out_features: int
@@ -49,12 +46,11 @@ class QuantizedLinear(nn.Module):
     s8: torch.Tensor
 
     def __init__(self, linear: nn.Linear, bits: int) -> None:
-        """Quantise ``linear`` (its bf16 weight is kept, shared, for prompts)."""
+        """Quantise ``linear``; its dense weight is not kept."""
         super().__init__()
         if linear.bias is not None:
             raise ValueError("only bias-free linear layers are quantised")
         weight = linear.weight.detach()
-        self.dense = weight if weight.dtype == torch.bfloat16 else weight.to(torch.bfloat16)
         self.bits = bits
         self.in_features = linear.in_features
         self.out_features = linear.out_features
@@ -87,9 +83,7 @@ class QuantizedLinear(nn.Module):
         rows = x.reshape(-1, shape[-1])
         if rows.dtype != torch.bfloat16:
             rows = rows.to(torch.bfloat16)
-        if rows.shape[0] > _DENSE_ROWS:
-            out = rows @ self.dense.t()
-        elif self.bits == 4:
+        if self.bits == 4:
             out = torch._weight_int4pack_mm_for_cpu(
                 rows, self.packed, GROUP_SIZE, self.scales_and_zeros
             )
