@@ -371,11 +371,15 @@ async def test_a_reply_stops_after_max_reply_seconds(settings: Settings) -> None
 async def test_half_duplex_hears_the_user_go_on_while_the_reply_is_still_written(
     settings: Settings,
 ) -> None:
-    # "Set a timer." ends like a sentence, so the turn ends early; the user goes on before
+    # "Set a timer" sounds finished, so the turn ends early; the user goes on before
     # anything has played. Half-duplex only ignores the microphone while the bot's sound
     # plays, so the continuation is heard and the reply answers the whole turn.
     stt = FakeStt(["Set a timer.", "for ten minutes"])
-    llm = FakeChat(["Sure thing, a timer.", "A timer for ten minutes."], token_delay_s=0.4)
+    llm = FakeChat(
+        ["Sure thing, a timer.", "A timer for ten minutes."],
+        token_delay_s=0.4,
+        turn_end=lambda text: 1.0,
+    )
     recorder = Recorder()
     session = Session(
         fake_engines(stt, llm),

@@ -76,10 +76,21 @@ class SegmenterSettings:
     min_speech_ms: int = 250
     """Utterances with less voiced audio than this (clicks, coughs) are dropped."""
     end_of_turn_silence_ms: int = 600
-    """Silence that ends the user's turn."""
+    """Silence that ends the user's turn when their words give no sign either way (or have
+    not been transcribed yet), and the whole rule when speculative transcription is off."""
     early_end_of_turn_ms: int = 300
-    """Silence that ends the turn early when the transcript made during the pause is a
-    complete sentence (ends in . ? or !); 0 disables this."""
+    """Silence that ends a turn whose words sound finished: the chat model gives an
+    end-of-turn probability of at least ``end_of_turn_likely_probability`` to the transcript
+    made during the pause (a chat model that cannot judge: the transcript ends in . ? or !);
+    0 disables this."""
+    max_end_of_turn_silence_ms: int = 1600
+    """Silence that ends a turn whose words sound unfinished ("I want to"): an end-of-turn
+    probability under ``end_of_turn_unlikely_probability``. The longest pause a user can make
+    inside a sentence without being cut off; at most ``end_of_turn_silence_ms`` disables it."""
+    end_of_turn_likely_probability: float = 0.5
+    """End-of-turn probability (0-1) from which the words count as a finished turn."""
+    end_of_turn_unlikely_probability: float = 0.05
+    """End-of-turn probability (0-1) under which the words count as an unfinished turn."""
     speculative_after_ms: int = 200
     """Silence after which transcription starts, before the end of turn is certain."""
     max_utterance_s: float = 20.0
@@ -182,7 +193,14 @@ class SessionSettings:
     number, a list of names), the first piece is cut at the last whole word so speech starts
     anyway; 0 waits for a clause."""
     speculative_stt: bool = True
-    """Start transcribing when silence begins, before the end of turn is confirmed."""
+    """Start transcribing when silence begins, before the end of turn is confirmed (the end
+    of turn is then judged from the words too)."""
+    speculative_min_new_speech_ms: int = 200
+    """A pause starts a new early transcription only after this much new voiced audio since
+    the last one; less (a breath, an "um") keeps the last one and any reply built on it."""
+    preemptive_reply: bool = True
+    """Write and voice the reply from the early transcript while the end of turn is still
+    uncertain; nothing of it is heard or stored unless the turn ends with that transcript."""
     max_reply_s: float = 60.0
     """A reply stops after the piece that brings its audio past this length."""
 

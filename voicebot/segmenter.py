@@ -83,8 +83,8 @@ class Segmenter:
 
     Speech starts once ``speech_start_ms`` of voiced frames fall within a 300 ms window; the
     ``pre_roll_ms`` before that are kept so the first syllable is not lost. The turn ends after
-    ``end_of_turn_silence_ms`` of silence; a lone voiced frame in the silence (a click) does not
-    restart the wait. ``speculative_after_ms`` of silence reports a :class:`PauseBegan`.
+    :attr:`end_of_turn_silence_ms` of silence; a lone voiced frame in the silence (a click) does
+    not restart the wait. ``speculative_after_ms`` of silence reports a :class:`PauseBegan`.
     """
 
     def __init__(
@@ -117,6 +117,9 @@ class Segmenter:
         self._reset_utterance()
 
     def _reset_utterance(self) -> None:
+        self.end_of_turn_silence_ms = self.settings.end_of_turn_silence_ms
+        """Silence that ends the open utterance. A caller that judges the turn from its words
+        may change it during a pause; it returns to the setting whenever speech (re)starts."""
         self._in_speech = False
         self._frames: list[bytes] = []
         self._utterance_start_s = 0.0
@@ -206,6 +209,7 @@ class Segmenter:
                 if self._paused:
                     events.append(SpeechResumed(now_s))
                     self._paused = False
+                    self.end_of_turn_silence_ms = self.settings.end_of_turn_silence_ms
                 self._silence_ms = 0
                 self._last_voiced_frame = len(self._frames)
                 self._speech_end_s = now_s
@@ -220,7 +224,7 @@ class Segmenter:
                 self._paused = True
                 events.append(PauseBegan(b"".join(self._frames), self._speech_end_s))
         duration_s = len(self._frames) * self.frame_ms / 1000
-        if self._silence_ms >= self.settings.end_of_turn_silence_ms:
+        if self._silence_ms >= self.end_of_turn_silence_ms:
             self._end(events, forced=False)
         elif duration_s >= self.settings.max_utterance_s:
             self._end(events, forced=True)
