@@ -937,9 +937,8 @@ def test_a_client_that_slows_down_is_no_longer_paced() -> None:
 
 
 async def fast_server(settings: Settings, **server_settings: Any) -> VoiceServer:
-    return await make_server(
-        settings, audio_burst_s=1.0, audio_max_speed=1.25, max_paced_s=1.5, **server_settings
-    )
+    bounds: dict[str, Any] = {"audio_burst_s": 1.0, "audio_max_speed": 1.25, "max_paced_s": 1.5}
+    return await make_server(settings, **{**bounds, **server_settings})
 
 
 async def test_an_over_fast_client_is_closed_while_a_real_time_one_is_answered(
@@ -1008,3 +1007,29 @@ async def test_a_flood_of_text_messages_is_closed(settings: Settings) -> None:
         assert (closed.rcvd.code, closed.rcvd.reason) == (1008, "too fast")
     finally:
         await server.close()
+
+
+async def test_closing_the_server_does_not_wait_on_a_paced_client(settings: Settings) -> None:
+    server = await fast_server(settings, max_paced_s=60.0)
+    ws, _ = await Running(server).client()
+
+    async def flood_audio() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.send(silence(0.1, RATE))
+
+    flooding = asyncio.create_task(flood_audio())
+    try:
+        async with asyncio.timeout(10):
+            while server.sessions and not flooding.done():
+                await asyncio.sleep(0.1)  # let it run into pacing: its sends back up
+                if ws.transport.get_write_buffer_size() > 0:
+                    break
+        # Well within the 10 s a closing handshake may take: the unread frames are skipped.
+        await asyncio.wait_for(server.close(), 5)
+        closed = await closed_by_server(ws)
+        assert closed.rcvd is not None and closed.rcvd.code == 1001
+    finally:
+        flooding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(flooding, 5)

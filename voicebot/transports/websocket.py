@@ -28,6 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from ..audio import StreamResampler
 from ..config import Profile, Settings
@@ -493,9 +494,10 @@ class VoiceServer:
                 _LOGGER.warning("closing a client that kept sending faster than real time")
                 await _close_unread(connection, CLOSE_TOO_FAST, "too fast")
                 return
-            if wait_s > 0:
+            if wait_s > 0 and connection.state is State.OPEN and not self._closing:
                 # Pacing: the next frame is read later, so this client's sends back up to it
-                # while the other sessions are served. A close ends the wait.
+                # while the other sessions are served. Once closing, the frames still unread
+                # are read at once: the client's close frame waits behind them.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait_s):
                         await connection.wait_closed()
