@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -177,13 +178,10 @@ async def test_leaving_a_stream_early_closes_the_generator_in_the_worker_thread(
     worker: ModelWorker,
 ) -> None:
     closed_in: list[str] = []
-    produced: list[int] = []
 
     def numbers() -> Iterator[int]:
         try:
-            for n in range(1000):
-                produced.append(n)
-                yield n
+            yield from itertools.count()  # endless: only closing it frees the worker
         finally:
             closed_in.append(threading.current_thread().name)
 
@@ -191,9 +189,8 @@ async def test_leaving_a_stream_early_closes_the_generator_in_the_worker_thread(
         async for n in worker.stream(numbers):
             if n == 2:
                 break
-        await worker.run(lambda: None)  # the generator closed before this ran
+        await worker.run(lambda: None)  # runs once the generator was closed
     assert closed_in == ["voicebot-test"]
-    assert len(produced) < 1000
 
 
 async def test_a_stream_left_while_queued_never_starts(worker: ModelWorker) -> None:
