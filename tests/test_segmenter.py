@@ -100,3 +100,14 @@ def test_odd_chunk_sizes_are_reassembled_into_frames() -> None:
     events = feed_all(segmenter, pcm, chunk_s=0.0137)
     assert [type(e) for e in events][-1] is UtteranceEnded
     assert abs(segmenter.stream_time_s - len(pcm) / 2 / RATE) < 0.031
+
+
+def test_the_end_of_turn_silence_can_be_changed_in_a_pause_and_returns_on_speech() -> None:
+    segmenter = Segmenter(FakeVad(), SegmenterSettings(end_of_turn_silence_ms=600))
+    events = feed_all(segmenter, tone(0.8) + silence(0.3, RATE))
+    assert [type(e) for e in events] == [SpeechBegan, PauseBegan]
+    segmenter.end_of_turn_silence_ms = 1500  # the words sound unfinished
+    assert not feed_all(segmenter, silence(0.6, RATE))  # 900 ms: still waiting
+    events = feed_all(segmenter, tone(0.3) + silence(0.7, RATE))
+    assert segmenter.end_of_turn_silence_ms == 600
+    assert [type(e) for e in events] == [SpeechResumed, PauseBegan, UtteranceEnded]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from voicebot.audio import silence
 from voicebot.config import Settings
 from voicebot.engines import Engines
+from voicebot.engines.base import Message
 from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, tone
 from voicebot.events import (
     AudioOut,
@@ -542,3 +546,183 @@ async def test_history_is_measured_per_model_unless_set(settings: Settings) -> N
     # An explicit setting wins.
     pinned = replace(other, llm=replace(other.llm, history_turns=0))
     assert await prompt_after_two_turns(pinned) == ["second"]
+
+
+class CancelRecordingChat(FakeChat):
+    """A fake chat model that keeps the cancel event of every reply it writes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cancels: list[threading.Event] = []
+
+    def stream(self, messages: Sequence[Message], cancel: threading.Event) -> Iterator[str]:
+        self.cancels.append(cancel)
+        return super().stream(messages, cancel)
+
+
+def turn_settings(settings: Settings, **segmenter: Any) -> Settings:
+    return replace(settings, segmenter=replace(settings.segmenter, **segmenter))
+
+
+async def test_a_preemptive_reply_is_discarded_when_the_user_goes_on(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # "Tell me" sounds neither finished nor unfinished: the turn waits the plain 1 s of
+    # silence, and meanwhile a reply to "Tell me" is worked. The user goes on at 0.7 s.
+    stt = FakeStt(["Tell me", "Tell me a joke"])
+    llm = CancelRecordingChat(
+        ["One two three four five six seven eight.", "A joke."],
+        token_delay_s=0.1,
+        turn_end=lambda text: 0.3,
+    )
+    store = Store(tmp_path / "store.db")
+    recorder = Recorder()
+    session = Session(
+        fake_engines(stt, llm),
+        turn_settings(settings, end_of_turn_silence_ms=1000),
+        sink=recorder,
+        store=store,
+    )
+    cid = await session.start()
+    pcm = tone(0.8) + silence(0.7, RATE) + tone(0.8) + silence(1.5, RATE)
+    await asyncio.wait_for(session.run(paced(pcm)), 20)
+
+    assert llm.prompts[0][-1] == {"role": "user", "content": "Tell me"}  # it was worked
+    assert llm.cancels[0].is_set()  # and stopped
+    assert llm.tokens_streamed < 8 + 2
+    assert recorder.texts(Transcript) == ["Tell me a joke"]
+    assert recorder.texts(ReplyText) == ["A joke."]
+    assert {e.turn_id for e in recorder.of(AudioOut)} == {1}
+    heard = sum(len(e.pcm) for e in recorder.of(AudioOut))
+    assert heard == sum(len(c) for c in FakeTts().synthesize("A joke."))
+    assert [t.text for t in session.dialogue.turns] == ["Tell me a joke", "A joke."]
+    assert [t.text for t in store.turns(cid)] == ["Tell me a joke", "A joke."]
+    assert not recorder.of(Interrupted)
+
+
+async def test_a_preemptive_reply_to_other_words_is_discarded_and_rebuilt(
+    settings: Settings,
+) -> None:
+    # A short sound after the pause (less new speech than it takes to redo the early
+    # transcript) keeps the preemptive reply; the final transcript, redone on the whole
+    # utterance, has other words, so the reply is rebuilt on them.
+    stt = FakeStt(["Tell me", "Tell me more"])
+    llm = CancelRecordingChat(["About what?", "More of what?"], turn_end=lambda text: 0.3)
+    recorder = Recorder()
+    session = Session(fake_engines(stt, llm), settings, sink=recorder)
+    pcm = tone(0.8) + silence(0.5, RATE) + tone(0.1) + silence(1.5, RATE)
+    await asyncio.wait_for(session.run(paced(pcm)), 20)
+
+    assert len(stt.calls) == 2 and len(stt.calls[1]) > len(stt.calls[0])
+    assert [p[-1]["content"] for p in llm.prompts] == ["Tell me", "Tell me more"]
+    assert llm.cancels[0].is_set()
+    assert recorder.texts(Transcript) == ["Tell me more"]
+    assert recorder.texts(ReplyText) == ["More of what?"]
+    assert [t.text for t in session.dialogue.turns] == ["Tell me more", "More of what?"]
+
+
+async def test_a_confirmed_preemptive_reply_is_heard_without_asking_the_model_again(
+    settings: Settings,
+) -> None:
+    stt = FakeStt(["What is the capital of France?"])
+    llm = CancelRecordingChat(
+        ["Paris is the capital of France."], token_delay_s=0.05, turn_end=lambda text: 0.3
+    )
+    tts = FakeTts()
+
+    class Watcher(Recorder):
+        """Notes what the voice had made when the turn ended."""
+
+        synthesized_at_stop: list[str] | None = None
+
+        async def __call__(self, event: Any) -> None:
+            await super().__call__(event)
+            if isinstance(event, SpeechStopped):
+                self.synthesized_at_stop = list(tts.texts)
+
+    recorder = Watcher()
+    session = Session(
+        fake_engines(stt, llm, tts),
+        turn_settings(settings, end_of_turn_silence_ms=1200),
+        sink=recorder,
+    )
+    await asyncio.wait_for(session.run(paced(tone(0.8) + silence(1.6, RATE))), 20)
+
+    assert len(llm.prompts) == 1 and not llm.cancels[0].is_set()
+    # The first piece was spoken before the turn was confirmed, and nothing came out before.
+    assert recorder.synthesized_at_stop == ["Paris is the capital of France."]
+    kinds = [type(e).__name__ for e in recorder.events if not isinstance(e, StateChanged)]
+    assert kinds[:4] == ["SpeechStarted", "SpeechStopped", "Transcript", "ReplyText"]
+    assert kinds[4] == "AudioOut"
+    metrics = recorder.of(Metrics)[0].values_ms
+    assert {"end_of_turn", "stt", "llm_first_token", "first_audio", "voice_to_voice"} <= set(
+        metrics
+    )
+    assert metrics["first_audio"] >= metrics["end_of_turn"]  # heard after the turn ended
+    assert metrics["llm_first_token"] < metrics["end_of_turn"]  # written before it
+    assert [t.text for t in session.dialogue.turns] == [
+        "What is the capital of France?",
+        "Paris is the capital of France.",
+    ]
+
+
+def judged_by_words(text: str) -> float:
+    """Unfinished after "to", finished otherwise."""
+    return 0.01 if text.endswith(" to") else 0.95
+
+
+async def test_an_unfinished_phrase_is_not_cut_by_a_pause_shorter_than_the_max(
+    settings: Settings,
+) -> None:
+    stt = FakeStt(["I want to.", "I want to go home."])
+    llm = FakeChat(["Okay."], turn_end=judged_by_words)
+    recorder = Recorder()
+    session = Session(
+        fake_engines(stt, llm),
+        turn_settings(settings, end_of_turn_silence_ms=900, max_end_of_turn_silence_ms=1600),
+        sink=recorder,
+    )
+    pcm = tone(0.8) + silence(1.2, RATE) + tone(0.8) + silence(2.0, RATE)
+    await asyncio.wait_for(session.run(paced(pcm)), 20)
+
+    assert llm.turn_checks[0] == "I want to"  # Whisper's full stop is not shown to the judge
+    assert len(recorder.of(SpeechStopped)) == 1
+    assert recorder.texts(Transcript) == ["I want to go home."]
+    assert [p[-1]["content"] for p in llm.prompts] == [
+        "I want to go home."
+    ]  # no reply to "I want to"
+
+
+async def test_a_finished_phrase_ends_the_turn_after_the_short_silence(
+    settings: Settings,
+) -> None:
+    stt = FakeStt(["I want to go home.", "Now."])
+    llm = FakeChat(["Okay."], turn_end=judged_by_words)
+    recorder = Recorder()
+    session = Session(
+        fake_engines(stt, llm),
+        turn_settings(settings, end_of_turn_silence_ms=1500, early_end_of_turn_ms=300),
+        sink=recorder,
+    )
+    pcm = tone(0.8) + silence(0.8, RATE) + tone(0.8) + silence(2.0, RATE)
+    await asyncio.wait_for(session.run(paced(pcm)), 20)
+
+    assert len(recorder.of(SpeechStopped)) == 2
+    assert recorder.texts(Transcript) == ["I want to go home.", "Now."]
+
+
+async def test_short_pauses_do_not_each_start_a_transcription(settings: Settings) -> None:
+    stt = FakeStt(lambda pcm: f"{len(pcm)} bytes")
+    recorder = Recorder()
+    session = Session(fake_engines(stt), settings, sink=recorder)
+    pauses = 6
+    pcm = tone(0.6)
+    for _ in range(pauses - 1):
+        pcm += silence(0.25, RATE) + tone(0.12)
+    pcm += silence(1.0, RATE)
+    await asyncio.wait_for(session.run(paced(pcm, speed=2)), 20)
+
+    assert len(recorder.of(Transcript)) == 1
+    # Without the rule every pause starts one (six); the last is redone on the whole audio.
+    assert len(stt.calls) <= 1 + pauses // 2
+    assert recorder.texts(Transcript) == [f"{len(stt.calls[-1])} bytes"]
