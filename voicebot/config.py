@@ -88,11 +88,14 @@ class SegmenterSettings:
     probability under ``end_of_turn_unlikely_probability``. The longest pause a user can make
     inside a sentence without being cut off; at most ``end_of_turn_silence_ms`` disables it."""
     end_of_turn_likely_probability: float = 0.3
-    """End-of-turn probability (0-1) from which the words count as a finished turn (the
-    embedded chat model gives unfinished phrases at most 0.23, docs/architecture.md)."""
-    end_of_turn_unlikely_probability: float = 0.05
-    """End-of-turn probability (0-1) under which the words count as an unfinished turn (the
-    embedded chat model: 5 of 8 unfinished phrases, 1 of 8 finished sentences)."""
+    """End-of-turn probability (0-1) from which the words count as a finished turn. Measured
+    with the default engine (llama.cpp, SmolLM2-135M) on 32 typed development phrases, not the
+    benchmark's recordings: 6 of 16 finished sentences and 1 of 16 fragments reach 0.3."""
+    end_of_turn_unlikely_probability: float = 0.001
+    """End-of-turn probability (0-1) under which the words count as an unfinished turn. Same
+    measurement: 7 of 16 fragments ("Tell me about the.", "Set a timer for.") fall under
+    0.001, no finished sentence does (the lowest, "I live in Berlin.", 0.0015): an untrained
+    model separates fragments that end on a function word, not every fragment."""
     speculative_after_ms: int = 200
     """Silence after which transcription starts, before the end of turn is certain."""
     max_utterance_s: float = 20.0
@@ -132,11 +135,13 @@ class LlmSettings:
 
     model: str = "smollm2-135m-instruct"
     """A catalog id, a Hugging Face model directory, or a hub name (needs network)."""
-    backend: str = "transformers"
-    """The chat engine: ``transformers`` (the default; CPU or CUDA, any Hugging Face model) or
-    ``llama-cpp`` (optional, CPU, GGUF models only; install it with ``make llamacpp``): faster
-    on the CPU (docs/benchmarks.md). ``device``, ``dtype`` and ``weights`` apply to
-    transformers only."""
+    backend: str = "auto"
+    """The chat engine. ``auto`` (the default): transformers on a CUDA GPU; on the CPU the
+    fastest installed engine that can run the model, measured once on first start and kept
+    beside the model (``engine-choice.json``). Or ``llama-cpp`` (GGUF models, prebuilt
+    ik_llama.cpp; the fastest on the CPU), ``ctranslate2`` (Hugging Face Llama/Qwen/Mistral
+    style models, converted once to int8), ``transformers`` (any Hugging Face model, CPU or
+    CUDA). ``device``, ``dtype`` and ``weights`` apply to transformers only."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``."""
     dtype: str = "auto"

@@ -16,6 +16,7 @@ from .dialogue import Dialogue
 from .engines import Engines, history_turns
 from .events import AudioOut, Event, ReplyText
 from .speakable import SpeakableChunker
+from .workers import Priority
 
 __all__ = ["ReplyOutcome", "Responder", "Sink", "ms_between"]
 
@@ -201,8 +202,10 @@ class Responder:
                 if not speak:
                     continue
                 first = True
+                # The first piece is what the user waits for; later ones have time.
+                priority = Priority.URGENT if len(outcome.pieces) == 1 else Priority.NORMAL
                 async for pcm in tts_worker.stream(
-                    functools.partial(self.synthesize, piece, cancel)
+                    functools.partial(self.synthesize, piece, cancel), priority=priority
                 ):
                     metrics.setdefault("first_audio", ms_between(t0, clock()))
                     await emit(

@@ -57,6 +57,7 @@ from .segmenter import (
 )
 from .store import Store
 from .turn_taking import Speculation, TurnEnd, same_words, with_user_turn
+from .workers import Priority
 
 __all__ = ["ReplyOutcome", "Responder", "Session", "Sink"]
 
@@ -455,8 +456,8 @@ class Session:
                 spec.stt.cancel()
         self._launch_reply(turn, None, metrics, speech_end, audio, early, preemptive)
 
-    async def _transcribe(self, audio: bytes) -> str:
-        result = await self._stt_worker.run(self.engines.stt.transcribe, audio)
+    async def _transcribe(self, audio: bytes, priority: Priority = Priority.NORMAL) -> str:
+        result = await self._stt_worker.run(self.engines.stt.transcribe, audio, priority=priority)
         return result.text
 
     def _launch_reply(
@@ -562,7 +563,8 @@ class Session:
                 return await early
             except Exception:  # fall back to a fresh transcription
                 _LOGGER.debug("speculative transcription failed", exc_info=True)
-        return await self._transcribe(audio)
+        # The user has stopped and waits: ahead of other sessions' early and later work.
+        return await self._transcribe(audio, Priority.URGENT)
 
     async def _reply_event(self, event: Event) -> None:
         if isinstance(event, AudioOut):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .config import SegmenterSettings
 from .dialogue import Dialogue
 from .engines.base import Message
-from .workers import ModelWorker
+from .workers import ModelWorker, Priority
 
 __all__ = ["Speculation", "TurnEnd", "same_words", "with_user_turn", "words_to_judge"]
 
@@ -139,7 +139,8 @@ class TurnEnd:
             return judge(messages)
 
         try:
-            return float(await worker.run(ask))
+            # A few milliseconds, and a user waits on it: ahead of queued replies.
+            return float(await worker.run(ask, priority=Priority.URGENT))
         except Exception:  # a judge that fails leaves the silence rule in charge
             _LOGGER.warning("end-of-turn judge failed", exc_info=True)
             return None
