@@ -47,6 +47,7 @@ __all__ = [
     "ServerSettings",
     "SessionSettings",
     "Settings",
+    "SkillSettings",
     "SttSettings",
     "TtsSettings",
     "VadSettings",
@@ -277,6 +278,18 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class SkillSettings:
+    """Skills answered before the chat model (time, date, timers, arithmetic...)."""
+
+    enabled: bool = True
+    """Route the user's words to the skills first; off: everything goes to the chat model."""
+    time_zone: str = ""
+    """IANA zone for the time and date ("Europe/Paris"); empty: the system's."""
+    templates: tuple[str, ...] = ()
+    """Extra sentence template files (Home Assistant's YAML format), added to the built-in."""
+
+
+@dataclass(frozen=True)
 class Profile:
     """A bot persona."""
 
@@ -336,6 +349,8 @@ class Settings:
     """Websocket server."""
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     """Smart-speaker daemon."""
+    skills: SkillSettings = field(default_factory=SkillSettings)
+    """Skills routed before the chat model."""
     profile: str = "default"
     """The profile used when none is named."""
     profiles: Mapping[str, Profile] = field(
@@ -383,6 +398,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "session": SessionSettings,
     "server": ServerSettings,
     "daemon": DaemonSettings,
+    "skills": SkillSettings,
 }
 _TOP_LEVEL = ("profile", "data_dir", "models_dir")
 

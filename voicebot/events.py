@@ -23,6 +23,11 @@ __all__ = [
     "SpeechStarted",
     "SpeechStopped",
     "StateChanged",
+    "TimerCancelled",
+    "TimerDismissed",
+    "TimerEvent",
+    "TimerFinished",
+    "TimerStarted",
     "Transcript",
     "WakeWordDetected",
 ]
@@ -161,6 +166,60 @@ class ErrorEvent:
     """The turn it concerns, if any."""
 
 
+@dataclass(frozen=True, slots=True)
+class TimerStarted:
+    """A timer of the conversation is running (just set, or still running when it opened)."""
+
+    timer_id: str
+    """The timer's id."""
+    name: str
+    """What the user called it ("pasta"); empty when unnamed."""
+    seconds: float
+    """Its whole length."""
+    remaining_s: float
+    """Time left when the event was made."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFinished:
+    """A timer of the conversation ended: ring, and say so."""
+
+    timer_id: str
+    """The timer's id."""
+    name: str
+    """What the user called it; empty when unnamed."""
+    seconds: float
+    """Its whole length."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerCancelled:
+    """A running timer was cancelled."""
+
+    timer_id: str
+    """The timer's id."""
+    name: str
+    """What the user called it; empty when unnamed."""
+    seconds: float
+    """Its whole length."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerDismissed:
+    """A finished timer stopped ringing (the user said "stop")."""
+
+    timer_id: str
+    """The timer's id."""
+    name: str
+    """What the user called it; empty when unnamed."""
+    seconds: float
+    """Its whole length."""
+
+
+TimerEvent = TimerStarted | TimerFinished | TimerCancelled | TimerDismissed
+"""What a :class:`~voicebot.skills.TimerService` tells the sessions of a conversation."""
+
+
 Event = (
     SpeechStarted
     | SpeechStopped
@@ -173,5 +232,9 @@ Event = (
     | StateChanged
     | WakeWordDetected
     | ErrorEvent
+    | TimerStarted
+    | TimerFinished
+    | TimerCancelled
+    | TimerDismissed
 )
 """Any session event."""

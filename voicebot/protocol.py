@@ -27,6 +27,10 @@ from .events import (
     SpeechStarted,
     SpeechStopped,
     StateChanged,
+    TimerCancelled,
+    TimerDismissed,
+    TimerFinished,
+    TimerStarted,
     Transcript,
     WakeWordDetected,
 )
@@ -233,4 +237,23 @@ def encode_event(event: Event) -> str | bytes | None:
         return _frame({"type": "wake", "name": event.name})
     if isinstance(event, ErrorEvent):
         return error_frame(event.code, event.message, event.turn_id)
+    if isinstance(event, TimerStarted):
+        return _frame(
+            {
+                "type": "timer_started",
+                "id": event.timer_id,
+                "name": event.name,
+                "seconds": event.seconds,
+                "remaining_s": round(event.remaining_s, 3),
+            }
+        )
+    if isinstance(event, TimerFinished | TimerCancelled | TimerDismissed):
+        kind = {
+            TimerFinished: "timer_finished",
+            TimerCancelled: "timer_cancelled",
+            TimerDismissed: "timer_dismissed",
+        }[type(event)]
+        return _frame(
+            {"type": kind, "id": event.timer_id, "name": event.name, "seconds": event.seconds}
+        )
     return None

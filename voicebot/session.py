@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from .audio import StreamResampler, check_pcm16, check_sample_rate
-from .config import Profile, Settings
+from .config import Profile, Settings, SkillSettings
 from .dialogue import Dialogue, Turn
 from .engines import Engines
 from .engines.base import TurnDetector
@@ -41,6 +42,9 @@ from .events import (
     SpeechStarted,
     SpeechStopped,
     StateChanged,
+    TimerEvent,
+    TimerFinished,
+    TimerStarted,
     Transcript,
 )
 from .playback import EchoGuard, Playback
@@ -55,6 +59,7 @@ from .segmenter import (
     UtteranceDropped,
     UtteranceEnded,
 )
+from .skills import SkillRouter
 from .store import Store
 from .turn_taking import Speculation, TurnEnd, same_words, with_user_turn
 from .workers import Priority
@@ -72,6 +77,16 @@ def _add_voice_to_voice(metrics_ms: dict[str, float]) -> None:
     """End of the user's speech to the first reply audio (``first_audio`` is from there)."""
     if "first_audio" in metrics_ms:
         metrics_ms["voice_to_voice"] = metrics_ms["first_audio"]
+
+
+@functools.cache
+def _shared_skills(settings: SkillSettings) -> SkillRouter:
+    return SkillRouter(settings)
+
+
+def default_skills(settings: Settings) -> SkillRouter | None:
+    """The skills of a session given none: shared, without timers (an app passes its own)."""
+    return _shared_skills(settings.skills) if settings.skills.enabled else None
 
 
 def _consume_result(task: asyncio.Task[str]) -> None:
@@ -96,6 +111,7 @@ class Session:
         barge_in: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
         realtime_playback: bool = True,
+        skills: SkillRouter | None = None,
     ) -> None:
         """Create a session (call :meth:`start`, then :meth:`run` or :meth:`feed`).
 
@@ -112,6 +128,8 @@ class Session:
                 the echo tail.
             realtime_playback: The sink plays audio in real time (False: it writes it to a
                 file, so everything sent counts as heard at once).
+            skills: Answers what it can before the chat model (the app's, with its timers);
+                default: one without timers, unless ``settings.skills.enabled`` is off.
 
         Raises:
             ConfigError: unknown profile. AudioFormatError: unsupported input rate.
@@ -166,6 +184,10 @@ class Session:
         self._arrivals: list[tuple[float, float]] = []  # (stream time, clock) of chunks
         self._started = False
         self._closed = False
+        self.skills = skills if skills is not None else default_skills(settings)
+        """Answers time, timers, arithmetic... before the chat model (None: all to it)."""
+        self._timer_key = ""  # whose timers: the conversation's (a session's own without one)
+        self._unsubscribe_timers: Callable[[], None] | None = None
 
     @property
     def conversation_id(self) -> str:
@@ -202,6 +224,7 @@ class Session:
         elif self._requested_id:
             self.dialogue = Dialogue(self.profile, conversation_id=self._requested_id)
         await self._emit(StateChanged(self.state))
+        await self._watch_timers()
         if greet:
             await self.greet()
         return self.conversation_id
@@ -506,6 +529,10 @@ class Session:
             ):
                 preemptive.discard()  # built on other words: answer the ones said
                 preemptive = None
+            if self.skills is not None and await self._answer_with_skill(
+                turn, text, cancel, metrics, preemptive
+            ):
+                return
             user = self.dialogue.add_user(text)
             await self._save(user)
             self._reply_open = True
@@ -625,6 +652,63 @@ class Session:
             await self._emit(Interrupted(turn, heard))
         await self._set_state(SessionState.LISTENING)
 
+    # --- skills: answered before the chat model ---
+
+    async def _answer_with_skill(
+        self,
+        turn: int,
+        text: str,
+        cancel: threading.Event,
+        metrics: dict[str, float],
+        preemptive: PreemptiveReply | None,
+    ) -> bool:
+        """Answer ``text`` with a skill if one can (True); the reply is stored like the model's."""
+        assert self.skills is not None
+        last = next((t.text for t in reversed(self.dialogue.turns) if t.role == "assistant"), "")
+        reply = await self.skills.route(text, conversation_id=self._timer_key, last_reply=last)
+        if reply is None:
+            return False
+        if preemptive is not None:
+            preemptive.discard()  # the model's words are not needed
+        if reply.remember:
+            await self._save(self.dialogue.add_user(text))
+        if not reply.text:  # "stop", "never mind": the interruption was the answer
+            await self._emit(ReplyDone(turn, ""))
+            await self._set_state(SessionState.LISTENING)
+            return True
+        self._reply_open = reply.remember
+        self._reply_metrics = metrics
+        await self.responder.say(reply.text, turn, self._reply_event, cancel=cancel)
+        _add_voice_to_voice(metrics)
+        await self._emit(ReplyDone(turn, reply.text))
+        self._finish_task = asyncio.create_task(
+            self._finish_playback(turn, reply.text), name=f"playback-{turn}"
+        )
+        return True
+
+    async def _watch_timers(self) -> None:
+        """Hear the conversation's timers; the client learns of those already running."""
+        self._timer_key = self.conversation_id or f"session-{id(self):x}"
+        timers = self.skills.timers if self.skills is not None else None
+        if timers is None or self._unsubscribe_timers is not None:
+            return
+        self._unsubscribe_timers = timers.subscribe(self._timer_key, self._on_timer)
+        for timer in timers.running(self._timer_key):
+            remaining = timers.remaining_s(timer)
+            await self._emit(TimerStarted(timer.id, timer.name, timer.seconds, remaining))
+
+    async def _on_timer(self, event: TimerEvent) -> None:
+        """A timer of the conversation changed; one that ended is said out loud."""
+        if self._closed:
+            return
+        await self._emit(event)
+        if isinstance(event, TimerFinished):
+            if self._reply_in_progress():
+                await self.interrupt()  # the alarm goes first
+            what = f"{event.name} timer" if event.name else "timer"
+            # Spoken like the greeting: not an answer to a turn, kept in the history.
+            self._speak_greeting(f"Your {what} is done.")
+
     # --- the greeting ---
 
     def _speak_greeting(self, text: str) -> None:
@@ -694,6 +778,9 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        if self._unsubscribe_timers is not None:
+            self._unsubscribe_timers()
+            self._unsubscribe_timers = None
         if self._reply_task is not None and not self._reply_task.done():
             await self.interrupt()
         spec, preemptive = self._speculation, self._preemptive

@@ -14,7 +14,7 @@ from typing import Any
 from .dialogue import Turn
 from .errors import StoreError
 
-__all__ = ["ConversationInfo", "Store"]
+__all__ = ["ConversationInfo", "Store", "TimerRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -33,7 +33,40 @@ CREATE TABLE IF NOT EXISTS turns (
     metrics TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, id);
+CREATE TABLE IF NOT EXISTS timers (
+    id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    seconds REAL NOT NULL,
+    started_at REAL NOT NULL,
+    ends_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'running'
+        CHECK (state IN ('running', 'finished', 'cancelled'))
+);
+CREATE INDEX IF NOT EXISTS timers_by_state ON timers(state, ends_at);
 """
+# Every table is created IF NOT EXISTS: a store made by an older version gains the new tables
+# (timers) when opened, and keeps everything it had.
+
+
+@dataclass(frozen=True)
+class TimerRecord:
+    """A stored timer (see :class:`voicebot.skills.TimerService`)."""
+
+    id: str
+    """Its id."""
+    conversation_id: str
+    """The conversation it was set in (its sessions hear it end)."""
+    name: str
+    """What the user called it ("pasta"); empty when unnamed."""
+    seconds: float
+    """Its length."""
+    started_at: float
+    """Unix time it was set."""
+    ends_at: float
+    """Unix time it ends."""
+    state: str = "running"
+    """``running``, ``finished`` or ``cancelled``."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +203,50 @@ class Store:
                 (profile,),
             )
         return str(rows[0][0]) if rows else None
+
+    def add_timer(self, timer: TimerRecord) -> None:
+        """Store a new timer."""
+        self._run(
+            "INSERT INTO timers (id, conversation_id, name, seconds, started_at, ends_at, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                timer.id,
+                timer.conversation_id,
+                timer.name,
+                timer.seconds,
+                timer.started_at,
+                timer.ends_at,
+                timer.state,
+            ),
+        )
+
+    def end_timer(self, timer_id: str, state: str) -> bool:
+        """Move a running timer to ``finished`` or ``cancelled``.
+
+        Returns:
+            False when it was not running (already ended, by this process or another one
+            sharing the file): whoever moves it first announces it.
+        """
+        rows = self._run(
+            "UPDATE timers SET state = ? WHERE id = ? AND state = 'running' RETURNING id",
+            (state, timer_id),
+        )
+        return bool(rows)
+
+    def timers(
+        self, *, state: str = "running", conversation_id: str | None = None
+    ) -> list[TimerRecord]:
+        """Timers in a state (of one conversation, or all), the soonest to end first."""
+        where, params = "state = ?", [state]
+        if conversation_id is not None:
+            where += " AND conversation_id = ?"
+            params.append(conversation_id)
+        rows = self._run(
+            "SELECT id, conversation_id, name, seconds, started_at, ends_at, state FROM timers "
+            f"WHERE {where} ORDER BY ends_at, started_at",
+            tuple(params),
+        )
+        return [TimerRecord(*row) for row in rows]
 
     def _list(self, where: str, params: tuple[Any, ...], *, limit: int) -> list[ConversationInfo]:
         rows = self._run(

@@ -1,0 +1,220 @@
+"""Timers: one service per app, stored in SQLite, heard by every session of a conversation.
+
+A :class:`TimerService` belongs to the server (or ``voicebot chat``, or the daemon), not to
+a session: a timer keeps running when the browser tab that set it closes, and survives a
+restart of the server (it is a row in the store; the service reloads the running ones). When a
+timer ends, every session that subscribed to its conversation gets a
+:class:`~voicebot.events.TimerFinished`; it stays *ringing* until the user says "stop"
+(:meth:`TimerService.dismiss`, which sends :class:`~voicebot.events.TimerDismissed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from ..errors import VoicebotError
+from ..events import (
+    TimerCancelled,
+    TimerDismissed,
+    TimerEvent,
+    TimerFinished,
+    TimerStarted,
+)
+from ..store import Store, TimerRecord
+
+__all__ = ["Timer", "TimerListener", "TimerService"]
+
+_LOGGER = logging.getLogger(__name__)
+
+Timer = TimerRecord
+"""A timer (its stored row)."""
+
+TimerListener = Callable[[TimerEvent], Awaitable[None]]
+"""Receives the timer events of one conversation."""
+
+MAX_TIMER_S = 24 * 3600.0
+"""The longest timer."""
+
+
+class TimerService:
+    """The running timers of every conversation, persisted in the store.
+
+    Methods that change timers are coroutines: the store is written off the event loop, then
+    the conversation's listeners hear of it. :meth:`start` reloads the running timers and
+    starts the task that ends them on time; :meth:`check` ends those that are due now (the
+    task calls it; tests with a fake clock call it themselves).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 1.0,
+        max_timers: int = 20,
+    ) -> None:
+        """Create the service (call :meth:`start`).
+
+        Args:
+            store: Where timers are kept (the conversation store).
+            clock: Unix seconds. Timers end at a wall-clock time, so one set before a restart
+                ends at the same moment after it.
+            poll_s: The end-of-timer task looks at the clock at least this often (a clock
+                that jumps, or a fake one, is noticed within it).
+            max_timers: Running timers allowed per conversation.
+        """
+        self.store = store
+        self.clock = clock
+        """Unix seconds."""
+        self.poll_s = poll_s
+        self.max_timers = max_timers
+        self._running: dict[str, Timer] = {}
+        self._ringing: dict[str, Timer] = {}
+        self._listeners: dict[str, list[TimerListener]] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = False
+
+    async def load(self) -> None:
+        """Read the running timers from the store (once)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        for timer in await asyncio.to_thread(self.store.timers, state="running"):
+            self._running[timer.id] = timer
+
+    async def start(self) -> None:
+        """Reload the running timers and start ending them on time."""
+        await self.load()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="timers")
+
+    async def close(self) -> None:
+        """Stop the end-of-timer task (running timers stay stored)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def subscribe(self, conversation_id: str, listener: TimerListener) -> Callable[[], None]:
+        """Hear the timer events of a conversation; returns the call that stops it."""
+        self._listeners.setdefault(conversation_id, []).append(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(conversation_id, [])
+            with contextlib.suppress(ValueError):
+                listeners.remove(listener)
+            if not listeners:
+                self._listeners.pop(conversation_id, None)
+
+        return unsubscribe
+
+    def remaining_s(self, timer: Timer) -> float:
+        """Seconds left on a timer (0 once due)."""
+        return max(0.0, timer.ends_at - self.clock())
+
+    def running(self, conversation_id: str) -> list[Timer]:
+        """The conversation's running timers, the soonest to end first."""
+        timers = [t for t in self._running.values() if t.conversation_id == conversation_id]
+        return sorted(timers, key=lambda t: (t.ends_at, t.started_at))
+
+    def ringing(self, conversation_id: str) -> list[Timer]:
+        """The conversation's finished timers that still ring."""
+        return [t for t in self._ringing.values() if t.conversation_id == conversation_id]
+
+    async def add(self, conversation_id: str, seconds: float, name: str = "") -> Timer:
+        """Set a timer.
+
+        Raises:
+            VoicebotError: too many timers, or a length out of range.
+        """
+        if not 0 < seconds <= MAX_TIMER_S:
+            raise VoicebotError("a timer lasts between a second and a day")
+        if len(self.running(conversation_id)) >= self.max_timers:
+            raise VoicebotError(f"at most {self.max_timers} timers at once")
+        now = self.clock()
+        timer = Timer(
+            id=uuid.uuid4().hex[:12],
+            conversation_id=conversation_id,
+            name=name,
+            seconds=float(seconds),
+            started_at=now,
+            ends_at=now + seconds,
+        )
+        await asyncio.to_thread(self.store.add_timer, timer)
+        self._running[timer.id] = timer
+        self._changed.set()
+        await self._tell(conversation_id, TimerStarted(timer.id, name, timer.seconds, seconds))
+        return timer
+
+    async def cancel(self, timer: Timer) -> bool:
+        """Cancel a running timer; False when it was no longer running."""
+        self._running.pop(timer.id, None)
+        ended = await asyncio.to_thread(self.store.end_timer, timer.id, "cancelled")
+        if ended:
+            await self._tell(
+                timer.conversation_id, TimerCancelled(timer.id, timer.name, timer.seconds)
+            )
+        return ended
+
+    async def dismiss(self, conversation_id: str) -> list[Timer]:
+        """Stop the ringing of the conversation's finished timers; returns them."""
+        timers = self.ringing(conversation_id)
+        for timer in timers:
+            self._ringing.pop(timer.id, None)
+            await self._tell(conversation_id, TimerDismissed(timer.id, timer.name, timer.seconds))
+        return timers
+
+    async def check(self) -> list[Timer]:
+        """End the timers that are due; returns those this service ended."""
+        now = self.clock()
+        due = [t for t in self._running.values() if t.ends_at <= now]
+        ended: list[Timer] = []
+        for timer in sorted(due, key=lambda t: t.ends_at):
+            self._running.pop(timer.id, None)
+            try:
+                mine = await asyncio.to_thread(self.store.end_timer, timer.id, "finished")
+            except VoicebotError as error:
+                _LOGGER.error("could not end timer %s: %s", timer.id, error)
+                continue
+            if not mine:
+                continue  # cancelled meanwhile, or ended by another process on the same file
+            ended.append(timer)
+            self._ringing[timer.id] = timer
+            _LOGGER.info("timer %s (%r, %g s) finished", timer.id, timer.name, timer.seconds)
+            await self._tell(
+                timer.conversation_id, TimerFinished(timer.id, timer.name, timer.seconds)
+            )
+        return ended
+
+    async def _tell(self, conversation_id: str, event: TimerEvent) -> None:
+        for listener in list(self._listeners.get(conversation_id, [])):
+            try:
+                await listener(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one broken listener must not keep the others from hearing
+                _LOGGER.exception("timer listener failed on %s", type(event).__name__)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a loop boundary: log and keep the timers going
+                _LOGGER.exception("timer check failed")
+            delay = self.poll_s
+            if self._running:
+                soonest = min(t.ends_at for t in self._running.values())
+                delay = min(delay, max(0.0, soonest - self.clock()))
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._changed.wait()
