@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from voicebot.audio import pcm16_to_float, silence
-from voicebot.config import DaemonSettings, Settings
+from voicebot.config import DaemonSettings, Settings, SkillSettings
 from voicebot.engines import Engines
 from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, FakeWakeWord, tone
 from voicebot.events import (
@@ -70,8 +70,11 @@ def make_daemon(
     )
     options = daemon or DaemonSettings(follow_up_s=2.0, command_timeout_s=2.0)
 
+    # The fake chat model answers "what is two plus two" here, not the arithmetic skill.
+    plain = replace(settings, skills=SkillSettings(enabled=False))
+
     def conversation(sink):  # type: ignore[no-untyped-def]
-        return Session(engines, settings, sink=sink, store=store, barge_in=False)
+        return Session(engines, plain, sink=sink, store=store, barge_in=False)
 
     return (
         Daemon(

@@ -19,6 +19,10 @@ from voicebot.events import (
     SpeechStarted,
     SpeechStopped,
     StateChanged,
+    TimerCancelled,
+    TimerDismissed,
+    TimerFinished,
+    TimerStarted,
     Transcript,
     WakeWordDetected,
 )
@@ -119,6 +123,28 @@ def test_other_client_messages() -> None:
             {"type": "error", "code": "engine", "message": "boom", "turn_id": 3},
         ),
         (ErrorEvent("engine", "boom"), {"type": "error", "code": "engine", "message": "boom"}),
+        (
+            TimerStarted("a1", "pasta", 30.0, 29.1234),
+            {
+                "type": "timer_started",
+                "id": "a1",
+                "name": "pasta",
+                "seconds": 30.0,
+                "remaining_s": 29.123,
+            },
+        ),
+        (
+            TimerFinished("a1", "pasta", 30.0),
+            {"type": "timer_finished", "id": "a1", "name": "pasta", "seconds": 30.0},
+        ),
+        (
+            TimerCancelled("b2", "", 600.0),
+            {"type": "timer_cancelled", "id": "b2", "name": "", "seconds": 600.0},
+        ),
+        (
+            TimerDismissed("a1", "pasta", 30.0),
+            {"type": "timer_dismissed", "id": "a1", "name": "pasta", "seconds": 30.0},
+        ),
     ],
 )
 def test_events_encode_to_documented_frames(event: object, expected: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from voicebot.config import Settings
 from voicebot.engines import Engines
 from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, tone
 from voicebot.errors import ConfigError
+from voicebot.skills import TimerService
 from voicebot.store import Store
 from voicebot.transports.websocket import Pacer, VoiceServer
 
@@ -1033,3 +1034,91 @@ async def test_closing_the_server_does_not_wait_on_a_paced_client(settings: Sett
         flooding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(flooding, 5)
+
+
+# ----------------------------------------------------------------------------- timers
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_timers_are_sent_to_every_session_of_the_conversation_and_survive_a_restart(
+    settings: Settings,
+) -> None:
+    settings = replace(settings, server=replace(settings.server, port=0))
+    store = Store(settings.database_path())
+    clock = _Clock()
+    server = VoiceServer(
+        engines(), settings, store, timers=TimerService(store, clock=clock, poll_s=0.05)
+    )
+    await server.start()
+    running = Running(server)
+    try:
+        ws, ready = await running.client()
+        cid = ready["conversation_id"]
+        await ws.send(json.dumps({"type": "text", "text": "Set a 30 second timer for the pasta."}))
+        started = await next_event(ws, "timer_started")
+        assert {k: started[k] for k in ("name", "seconds", "remaining_s")} == {
+            "name": "pasta",
+            "seconds": 30.0,
+            "remaining_s": 30.0,
+        }
+        done = await next_event(ws, "reply_done")
+        assert done["text"] == "Pasta timer set for 30 seconds."
+        await ws.send(json.dumps({"type": "text", "text": "Set a timer for ten minutes."}))
+        long_timer = await next_event(ws, "timer_started")
+        await ws.send(json.dumps({"type": "text", "text": "Cancel the ten minute timer."}))
+        cancelled = await next_event(ws, "timer_cancelled")
+        assert cancelled == {
+            "type": "timer_cancelled",
+            "id": long_timer["id"],
+            "name": "",
+            "seconds": 600.0,
+        }
+        # Another tab on the same conversation learns of the running timer after "ready".
+        other, _ = await running.client(conversation_id=cid)
+        again = await next_event(other, "timer_started")
+        assert again["id"] == started["id"]
+        clock.now += 30
+        for client in (ws, other):
+            finished = await next_event(client, "timer_finished")
+            assert finished == {
+                "type": "timer_finished",
+                "id": started["id"],
+                "name": "pasta",
+                "seconds": 30.0,
+            }
+            said = await next_event(client, "reply_done")
+            assert said["text"] == "Your pasta timer is done."
+        await other.send(json.dumps({"type": "text", "text": "Stop."}))
+        for client in (ws, other):
+            dismissed = await next_event(client, "timer_dismissed")
+            assert dismissed["id"] == started["id"]
+        await ws.send(json.dumps({"type": "text", "text": "Set a timer for 5 minutes."}))
+        kept = await next_event(ws, "timer_started")
+        await other.close()
+        await ws.close()
+    finally:
+        await asyncio.wait_for(server.close(), 10)
+
+    # A restart on the same store: the timer is still running, and still ends.
+    server = VoiceServer(
+        engines(), settings, store, timers=TimerService(store, clock=clock, poll_s=0.05)
+    )
+    await server.start()
+    try:
+        ws, _ = await Running(server).client(conversation_id=cid)
+        resumed = await next_event(ws, "timer_started")
+        assert resumed["id"] == kept["id"] and resumed["remaining_s"] == 300.0
+        clock.now += 300
+        finished = await next_event(ws, "timer_finished")
+        assert finished["id"] == kept["id"]
+        await ws.close()
+    finally:
+        await asyncio.wait_for(server.close(), 10)
+        store.close()

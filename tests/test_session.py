@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from voicebot.audio import silence
-from voicebot.config import Settings
+from voicebot.config import Settings, SkillSettings
 from voicebot.engines import Engines
 from voicebot.engines.base import Message
 from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad, tone
@@ -35,6 +35,7 @@ from voicebot.store import Store
 from .conftest import Recorder, make_settings, paced
 
 RATE = 16000
+NO_SKILLS = SkillSettings(enabled=False)
 
 
 def fake_engines(
@@ -97,7 +98,8 @@ async def test_barge_in_stops_the_reply_and_keeps_only_what_was_heard(settings: 
     recorder = Recorder()
     session = Session(
         fake_engines(FakeStt(["tell me a story", "stop"]), llm, tts),
-        replace(settings, llm=replace(settings.llm, max_sentences=0)),
+        # The skills would take "stop" (tests/test_skills.py); here the model answers it.
+        replace(settings, llm=replace(settings.llm, max_sentences=0), skills=NO_SKILLS),
         sink=recorder,
         barge_in=True,
     )
@@ -387,7 +389,8 @@ async def test_half_duplex_hears_the_user_go_on_while_the_reply_is_still_written
     recorder = Recorder()
     session = Session(
         fake_engines(stt, llm),
-        replace(settings, llm=replace(settings.llm, max_sentences=0)),
+        # The skills would set that timer (tests/test_skills.py); here the model answers it.
+        replace(settings, llm=replace(settings.llm, max_sentences=0), skills=NO_SKILLS),
         sink=recorder,
         barge_in=False,
     )

@@ -690,3 +690,62 @@ async def test_a_finished_timer_rings_and_is_announced_in_every_session(
     await one.close()
     await two.close()
     store.close()
+
+
+async def test_spoken_stop_cuts_the_reply_and_says_nothing(settings: Settings) -> None:
+    from voicebot.audio import silence
+    from voicebot.engines.fake import tone
+    from voicebot.events import Interrupted
+
+    from .conftest import paced
+
+    long_reply = " ".join(f"Sentence number {i} is here." for i in range(1, 9))
+    chat = FakeChat([long_reply, "The model again."], token_delay_s=0.08)
+    recorder = Recorder()
+    session = Session(
+        Engines(
+            stt=FakeStt(["tell me a story", "Stop."]),
+            llm=chat,
+            tts=FakeTts(seconds_per_char=0.02),
+            vad_factory=FakeVad,
+        ),
+        replace(settings, llm=replace(settings.llm, max_sentences=0)),
+        sink=recorder,
+        barge_in=True,
+    )
+    pcm = tone(0.8) + silence(2.6, 16000) + tone(0.8) + silence(1.5, 16000)
+    await asyncio.wait_for(session.run(paced(pcm)), 20)
+    assert len(recorder.of(Interrupted)) == 1
+    assert len(chat.prompts) == 1  # "stop" never reached the model
+    assert recorder.texts(ReplyDone)[-1] == ""
+    assert [t.text for t in session.dialogue.turns if t.role == "user"] == ["tell me a story"]
+    await session.close()
+
+
+async def test_a_misheard_spoken_request_is_routed(settings: Settings, tmp_path: Path) -> None:
+    from voicebot.audio import silence
+    from voicebot.engines.fake import tone
+
+    from .conftest import paced
+
+    store = Store(tmp_path / "s.db")
+    clock = FakeClock()
+    skills = SkillRouter(timers=TimerService(store, clock=clock), clock=clock)
+    recorder = Recorder()
+    session = Session(
+        Engines(
+            stt=FakeStt(["Set a time for ten minutes.", "What is seventeen plus twenty-five?"]),
+            llm=FakeChat(["The model answered."]),
+            tts=FakeTts(),
+            vad_factory=FakeVad,
+        ),
+        settings,
+        sink=recorder,
+        store=store,
+        skills=skills,
+    )
+    pcm = (tone(0.8) + silence(2.5, 16000)) * 2
+    await asyncio.wait_for(session.run(paced(pcm, speed=2.0)), 20)
+    assert recorder.texts(ReplyDone) == ["Timer set for 10 minutes.", "17 plus 25 is 42."]
+    await session.close()
+    store.close()

@@ -12,7 +12,7 @@ import pytest
 
 from voicebot.dialogue import Turn
 from voicebot.errors import StoreError
-from voicebot.store import ConversationInfo, Store
+from voicebot.store import ConversationInfo, Store, TimerRecord
 
 
 @pytest.fixture
@@ -310,3 +310,47 @@ def test_two_connections_writing_to_one_file_both_land(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_timers_are_stored_and_ended_once(store: Store) -> None:
+    tea = TimerRecord("t1", "c1", "tea", 180.0, 1000.0, 1180.0)
+    store.add_timer(tea)
+    store.add_timer(TimerRecord("t2", "c1", "", 60.0, 1000.0, 1060.0))
+    store.add_timer(TimerRecord("t3", "c2", "eggs", 300.0, 1000.0, 1300.0))
+    assert [t.id for t in store.timers()] == ["t2", "t1", "t3"]  # the soonest first
+    assert store.timers(conversation_id="c1")[1] == tea
+    assert store.end_timer("t2", "finished")
+    assert not store.end_timer("t2", "cancelled")  # already ended: nobody ends it twice
+    assert store.end_timer("t3", "cancelled")
+    assert [t.id for t in store.timers()] == ["t1"]
+    assert [t.state for t in store.timers(state="finished")] == ["finished"]
+    assert [t.name for t in store.timers(state="cancelled", conversation_id="c2")] == ["eggs"]
+
+
+def test_a_store_made_before_timers_gains_the_table_and_keeps_its_turns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE conversations (id TEXT PRIMARY KEY, profile TEXT NOT NULL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL);
+        CREATE TABLE turns (id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), text TEXT NOT NULL,
+            created_at REAL NOT NULL, interrupted INTEGER NOT NULL DEFAULT 0,
+            metrics TEXT NOT NULL DEFAULT '{}');
+        INSERT INTO conversations VALUES ('old1', 'default', 1.0, 2.0);
+        INSERT INTO turns (conversation_id, role, text, created_at)
+            VALUES ('old1', 'user', 'hi', 1.0);
+        """
+    )
+    old.commit()
+    old.close()
+    store = Store(path)
+    try:
+        assert [t.text for t in store.turns("old1")] == ["hi"]
+        assert store.timers() == []
+        store.add_timer(TimerRecord("t1", "old1", "", 5.0, 1.0, 6.0))
+        assert [t.id for t in store.timers(conversation_id="old1")] == ["t1"]
+    finally:
+        store.close()

@@ -423,6 +423,9 @@ class Session:
             and not self.turn_end.unlikely(spec.probability)
             and self._preemptive is None
             and not self._reply_in_progress()
+            # A skill will answer these words: the model's reply would be thrown away.
+            # (Matching takes about a millisecond: no worker thread for it.)
+            and (self.skills is None or self.skills.match(text) is None)
         ):
             self._preemptive = PreemptiveReply(
                 self.responder,

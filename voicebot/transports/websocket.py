@@ -54,6 +54,7 @@ from ..protocol import (
     ready_frame,
 )
 from ..session import Session
+from ..skills import SkillRouter, TimerService
 from ..store import Store
 
 __all__ = [
@@ -149,8 +150,16 @@ class VoiceServer:
         store: Store,
         *,
         web_dir: Path | None = None,
+        timers: TimerService | None = None,
     ) -> None:
         """Create a server (call :meth:`start`).
+
+        Args:
+            engines: The shared models.
+            settings: Settings.
+            store: The conversation store (the timers are kept there too).
+            web_dir: The browser client's files (default: the packaged ones).
+            timers: The server's timers (default: a service on ``store``).
 
         Raises:
             ConfigError: binding beyond loopback without a token, or half a TLS setup.
@@ -170,6 +179,12 @@ class VoiceServer:
         self._server: Server | None = None
         self._stats = _Stats()
         self._handlers: set[asyncio.Task[Any]] = set()
+        self.timers = timers or TimerService(store)
+        """Every session's timers: they outlive a connection and survive a restart."""
+        self.skills = (
+            SkillRouter(settings.skills, timers=self.timers) if settings.skills.enabled else None
+        )
+        """Answers time, timers, arithmetic... before the chat model (shared by the sessions)."""
 
     @property
     def port(self) -> int:
@@ -204,6 +219,7 @@ class VoiceServer:
             except (OSError, ssl.SSLError) as error:
                 raise ConfigError(f"cannot load the TLS certificate: {error}") from error
         self._stats.started_at = time.time()
+        await self.timers.start()
         self._server = await serve(
             self._handle,
             server.host,
@@ -235,6 +251,7 @@ class VoiceServer:
             )
         )
         await self._server.wait_closed()
+        await self.timers.close()
 
     # -------------------------------------------------------------------------- HTTP
 
@@ -358,6 +375,7 @@ class VoiceServer:
                 conversation_id=start.conversation_id,
                 input_sample_rate_hz=start.sample_rate_hz,
                 barge_in=start.barge_in,
+                skills=self.skills,
             )
             send.source_rate = session.output_sample_rate_hz
             self.sessions[connection] = session
