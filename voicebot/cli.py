@@ -66,8 +66,8 @@ def _add_engine_flags(parser: argparse.ArgumentParser, *, stt: bool, llm: bool, 
         group.add_argument(
             "--llm-backend",
             dest="llm.backend",
-            choices=("transformers", "llama-cpp"),
-            help="chat engine (default transformers; llama-cpp needs `make llamacpp`)",
+            choices=("auto", "llama-cpp", "ctranslate2", "transformers"),
+            help="chat engine (default auto: the fastest here, measured once)",
         )
         group.add_argument("--max-new-tokens", dest="llm.max_new_tokens", type=int, metavar="N")
     if tts:
@@ -921,17 +921,14 @@ def _quality(settings: Settings, args: argparse.Namespace) -> int:
 
     llm = load_llm(settings, reference=settings.get_profile().llm_model)
     engines = Engines(stt=FakeStt(), llm=llm, tts=FakeTts(), vad_factory=make_vad_factory(settings))
-    report = evaluate(engines, settings)
-    for answer in report.answers:
-        mark = "ok " if answer["right"] else "BAD"
-        print(f"{mark} {answer['q']} -> {answer['a']}")
-    print(f"{report.summary()} ({report.seconds:.0f} s)")
+    report = evaluate(engines, settings, log=print)
+    print(report.summary())
+    print(f"({report.seconds:.0f} s; tuned on dev, measured on test: docs/quality.md)")
     if args.json:
         data = {
             "summary": report.summary(),
-            "factual_right": report.factual_right,
-            "memory_right": report.memory_right,
-            "answers": report.answers,
+            "seconds": round(report.seconds, 1),
+            "sets": {name: result.as_dict() for name, result in report.sets.items()},
         }
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0
