@@ -3,15 +3,16 @@ prompt built from them within a token budget."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .config import Profile
 from .engines.base import Message
+from .followup import leans_on_previous, standalone
+from .memory import apply_command, extract, facts_prompt, learn, parse_command
 
-__all__ = ["Dialogue", "Turn", "extract_facts"]
+__all__ = ["Dialogue", "Turn", "extract_facts", "facts_prompt"]
 
 
 @dataclass
@@ -30,143 +31,24 @@ class Turn:
     """Per-stage latencies of the turn."""
 
 
-_WORD = r"[^\W\d_][\w'\-]*"
-_NAME = rf"({_WORD}(?: {_WORD})?)"
-_PLACE = rf"({_WORD}(?:[ -]{_WORD})*)"
-_PHRASE = r"([^.,!?;]+)"
-_NOT_NAMES = {
-    "Not",
-    "Fine",
-    "Good",
-    "Okay",
-    "Ok",
-    "Sorry",
-    "Sure",
-    "So",
-    "Just",
-    "Here",
-    "Back",
-    "Done",
-    "Ready",
-    "Tired",
-    "Happy",
-    "Sad",
-    "Hungry",
-    "Going",
-    "Very",
-    "Really",
-    "The",
-    "And",
-    "But",
-    "From",
-    "In",
-    "At",
-}
-_FACT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("name", re.compile(r"\b(?i:my name(?:'s| is)) " + _NAME)),
-    ("name", re.compile(r"\b(?i:call me|I'm called|I am called) " + _NAME)),
-    ("name", re.compile(r"(?:^|[.!?,] )(?i:I'm|I am|this is|it's) " + _NAME + r"(?=[.!,]|$)")),
-    ("home", re.compile(r"\b(?i:I (?:live|stay) in) " + _PLACE)),
-    ("home", re.compile(r"\b(?i:I(?:'m| am| come) from) " + _PLACE)),
-    ("age", re.compile(r"\bI(?:'m| am) (\d{1,3})(?: years old)?\b")),
-    ("job", re.compile(r"\bI work as an? " + _PHRASE, re.IGNORECASE)),
-    (
-        "job",
-        re.compile(
-            r"\bI(?:'m| am) an? (teacher|doctor|nurse|engineer|student|developer|"
-            r"programmer|writer|designer|lawyer|chef|farmer|artist|musician)\b",
-            re.IGNORECASE,
-        ),
-    ),
-    ("likes", re.compile(r"\bI (?:really )?(?:like|love|enjoy|adore) " + _PHRASE, re.IGNORECASE)),
-    (
-        "dislikes",
-        re.compile(
-            r"\bI (?:really )?(?:hate|dislike|don't like|do not like) " + _PHRASE, re.IGNORECASE
-        ),
-    ),
-]
-_FAVOURITE = re.compile(r"\bmy favou?rite ([a-z ]{2,20}?) is " + _PHRASE, re.IGNORECASE)
-_OWNED_NAME = re.compile(r"\b(?i:my) ([a-z]{2,12})(?i:'s name is| is called| is named) " + _NAME)
-
-
-def _proper(value: str) -> str:
-    """The leading capitalised words of ``value`` ("Ada and" -> "Ada")."""
-    words: list[str] = []
-    for word in re.split(r"(?<=\S)(?=[ ])", value):
-        stripped = word.strip()
-        if not stripped or not stripped[0].isupper() or stripped in _NOT_NAMES:
-            break
-        words.append(word)
-    return "".join(words).strip().rstrip("-")
-
-
 def extract_facts(text: str, facts: dict[str, str] | None = None) -> dict[str, str]:
     """Update ``facts`` with what the user says about themselves in ``text``.
 
     Small chat models lose facts buried in history; keeping them explicitly in the dialogue
     state and stating them in the system prompt is what lets a 135M model answer
-    "what is my name?". Statements are applied in the order they were said, so a later one
-    replaces an earlier one.
+    "what is my name?". The grammar is :mod:`voicebot.memory`'s; a later statement replaces
+    an earlier one.
     """
     facts = {} if facts is None else facts
-    found: list[tuple[int, str, str]] = []
-    for key, pattern in _FACT_PATTERNS:
-        for match in pattern.finditer(text):
-            value = match.group(1).strip().rstrip(".")
-            if key in ("name", "home"):
-                value = _proper(value)
-            elif key in ("likes", "dislikes", "job"):
-                value = _tidy_phrase(value)
-            if value:
-                found.append((match.start(), key, value))
-    for match in _FAVOURITE.finditer(text):
-        value = _tidy_phrase(match.group(2))
-        if value:
-            found.append((match.start(), f"favourite {match.group(1).strip().lower()}", value))
-    for match in _OWNED_NAME.finditer(text):
-        value = _proper(match.group(2))
-        if value:
-            found.append((match.start(), f"{match.group(1).lower()}'s name", value))
-    for _, key, value in sorted(found, key=lambda item: item[0]):
-        facts[key] = value
+    learn(text, facts)
     return facts
-
-
-def _tidy_phrase(value: str) -> str:
-    words = value.strip().split()
-    return " ".join(words[:8])
-
-
-_FACT_SENTENCES = {
-    "name": "The user's name is {}.",
-    "home": "The user lives in {}.",
-    "age": "The user is {} years old.",
-    "job": "The user works as {}.",
-    "likes": "The user likes {}.",
-    "dislikes": "The user dislikes {}.",
-}
-
-
-def facts_prompt(facts: dict[str, str]) -> str:
-    """The user's facts as sentences for the system prompt."""
-    sentences: list[str] = []
-    for key, value in facts.items():
-        template = _FACT_SENTENCES.get(key)
-        if template is None:
-            if key.startswith("favourite "):
-                sentences.append(f"The user's {key} is {value}.")
-            else:
-                sentences.append(f"The user's {key} is {value}.")
-        else:
-            if key == "job" and not re.match(r"(?i)an? ", value):
-                value = ("an " if value[:1].lower() in "aeiou" else "a ") + value
-            sentences.append(template.format(value))
-    return " ".join(sentences)
 
 
 class Dialogue:
     """A conversation: the persona, its turns, and the facts the user shared."""
+
+    FOLLOWUP_EXCHANGE = True
+    """Without history, give a follow-up that cannot be rewritten the previous exchange."""
 
     def __init__(
         self,
@@ -174,6 +56,7 @@ class Dialogue:
         *,
         conversation_id: str = "",
         turns: Sequence[Turn] = (),
+        facts: dict[str, str] | None = None,
     ) -> None:
         """Start or resume a conversation.
 
@@ -181,6 +64,8 @@ class Dialogue:
             profile: The persona.
             conversation_id: The store's id ("" for an unsaved conversation).
             turns: Earlier turns, oldest first (when resuming).
+            facts: The facts stored for the conversation (when resuming); ``None`` learns
+                them again from ``turns``, forget commands included.
         """
         self.profile = profile
         """The persona."""
@@ -190,13 +75,30 @@ class Dialogue:
         """All turns, oldest first."""
         self.facts: dict[str, str] = {}
         """What the user said about themselves, from every turn (trimmed ones too)."""
-        for turn in turns:
-            self.add(turn)
+        self.facts_version = 0
+        """Bumped whenever :attr:`facts` change (a statement, a correction, a forget)."""
+        self.direct_reply: str | None = None
+        """The fixed answer to the last user turn when it was a memory command ("what do you
+        know about me?", "forget where I live"): no chat model is asked."""
+        if facts is None:
+            for turn in turns:
+                self.add(turn)
+        else:
+            self.turns = list(turns)
+            self.facts = dict(facts)
 
     def add(self, turn: Turn) -> Turn:
-        """Append a turn (and learn from it when it is the user's)."""
+        """Append a turn (and learn from it, or obey it, when it is the user's)."""
         if turn.role == "user":
-            extract_facts(turn.text, self.facts)
+            before = dict(self.facts)
+            command = parse_command(turn.text, self.facts)
+            if command is None:
+                self.direct_reply = None
+                learn(turn.text, self.facts)
+            else:
+                self.direct_reply = apply_command(command, self.facts)
+            if self.facts != before:
+                self.facts_version += 1
         self.turns.append(turn)
         return turn
 
@@ -208,11 +110,67 @@ class Dialogue:
         """Append what the assistant said (only what was heard)."""
         return self.add(Turn("assistant", text, interrupted=interrupted))
 
+    def forget(self, key: str | None = None) -> bool:
+        """Drop one remembered fact (``None``: all of them); whether anything was dropped."""
+        if key is None:
+            dropped = bool(self.facts)
+            self.facts.clear()
+        else:
+            dropped = self.facts.pop(key, None) is not None
+        if dropped:
+            self.facts_version += 1
+        return dropped
+
     def system_prompt(self) -> str:
         """The persona's prompt, followed by the user's facts."""
         prompt = self.profile.prompt()
         known = facts_prompt(self.facts)
         return f"{prompt} {known}".strip() if known else prompt
+
+    def standalone_question(self) -> str | None:
+        """The last user turn rewritten to stand alone when it leans on the previous exchange.
+
+        "And an ant?" after "How many legs does a spider have?" reads "How many legs does an
+        ant have?". ``None`` when the turn stands alone or cannot be rewritten.
+        """
+        previous = self._previous_exchange()
+        if previous is None:
+            return None
+        question, answer, current = previous
+        return standalone(current, question, answer)
+
+    def leans_on_previous(self) -> bool:
+        """Whether the last user turn looks like a follow-up of the previous exchange."""
+        previous = self._previous_exchange()
+        return previous is not None and leans_on_previous(previous[2])
+
+    def _previous_exchange(self) -> tuple[str, str, str] | None:
+        """(previous user text, the answer to it, the last user text), if there are both."""
+        if not self.turns or self.turns[-1].role != "user":
+            return None
+        current = self.turns[-1].text
+        answer = ""
+        for turn in reversed(self.turns[:-1]):
+            if turn.role == "assistant":
+                answer = answer or turn.text
+            elif turn.text.strip():
+                return turn.text, answer, current
+        return None
+
+    def _stale(self) -> set[int]:
+        """Indexes of user turns whose every stated fact was since corrected or forgotten,
+        with the answers to them: a model given history should not read them as current."""
+        hidden: set[int] = set()
+        for index, turn in enumerate(self.turns[:-1]):
+            if turn.role != "user":
+                continue
+            stated = extract(turn.text)
+            if stated and all(self.facts.get(key, "") != value for key, value in stated):
+                if not any(value in self.facts.get(key, "") for key, value in stated):
+                    hidden.add(index)
+                    if index + 1 < len(self.turns) and self.turns[index + 1].role == "assistant":
+                        hidden.add(index + 1)
+        return hidden
 
     def messages(
         self,
@@ -226,11 +184,25 @@ class Dialogue:
         latest turn. Consecutive turns of the same role are merged (chat templates expect
         alternation). ``history_turns`` caps the earlier messages kept before the latest one
         (-1: no cap); the user's facts stay in the system prompt whatever is dropped.
+
+        Without history (``history_turns`` 0, the embedded model's measured setting) a
+        follow-up still gets what it leans on: it is rewritten to stand alone ("And an
+        ant?" -> "How many legs does an ant have?"), or when that is not possible the
+        previous exchange is kept. With history, turns stating facts since corrected or
+        forgotten are left out.
         """
         system: Message = {"role": "system", "content": self.system_prompt()}
+        rewritten: str | None = None
+        hidden: set[int] = set()
+        if history_turns == 0:
+            rewritten = self.standalone_question()
+            if rewritten is None and self.FOLLOWUP_EXCHANGE and self.leans_on_previous():
+                history_turns = 2
+        else:
+            hidden = self._stale()
         history: list[Message] = []
-        for turn in self.turns:
-            if not turn.text.strip():
+        for index, turn in enumerate(self.turns):
+            if not turn.text.strip() or index in hidden:
                 continue
             if history and history[-1]["role"] == turn.role:
                 history[-1] = {
@@ -239,6 +211,8 @@ class Dialogue:
                 }
             else:
                 history.append({"role": turn.role, "content": turn.text})
+        if rewritten is not None and history and history[-1]["role"] == "user":
+            history[-1] = {"role": "user", "content": rewritten}
         if history_turns >= 0 and len(history) > history_turns + 1:
             history = history[len(history) - history_turns - 1 :]
         if count_tokens is None or budget_tokens <= 0:

@@ -145,6 +145,16 @@ class Responder:
         def stopper() -> bool:
             return cancel.is_set() or llm_stop.is_set()
 
+        if (
+            dialogue.direct_reply is not None
+            and dialogue.turns[-1:]
+            and (dialogue.turns[-1].role == "user")
+        ):
+            # A memory command ("forget where I live"): the dialogue has the answer.
+            await self._respond_fixed(
+                dialogue.direct_reply, turn_id, emit, cancel, speak, outcome, t0
+            )
+            return outcome
         messages = await llm_worker.run(
             dialogue.messages,
             self.llm.count_tokens,
@@ -225,6 +235,32 @@ class Responder:
             raise
         outcome.text = " ".join(outcome.pieces)
         return outcome
+
+    async def _respond_fixed(
+        self,
+        text: str,
+        turn_id: int,
+        emit: Sink,
+        cancel: threading.Event,
+        speak: bool,
+        outcome: ReplyOutcome,
+        t0: float,
+    ) -> None:
+        """Say a reply that needs no chat model, as :meth:`respond` would have said it."""
+        outcome.pieces.append(text)
+        outcome.text = text
+        outcome.metrics_ms.setdefault("first_piece", ms_between(t0, self.clock()))
+        await emit(ReplyText(turn_id, text))
+        if not speak:
+            return
+        tts_worker = self.engines.worker(self.voice, "tts")
+        first = True
+        async for pcm in tts_worker.stream(
+            functools.partial(self.synthesize, text, cancel), priority=Priority.URGENT
+        ):
+            outcome.metrics_ms.setdefault("first_audio", ms_between(t0, self.clock()))
+            await emit(AudioOut(turn_id, pcm, self.voice.sample_rate_hz, text if first else ""))
+            first = False
 
 
 class _AnyEvent(threading.Event):
