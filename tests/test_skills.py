@@ -749,3 +749,92 @@ async def test_a_misheard_spoken_request_is_routed(settings: Settings, tmp_path:
     assert recorder.texts(ReplyDone) == ["Timer set for 10 minutes.", "17 plus 25 is 42."]
     await session.close()
     store.close()
+
+
+async def test_the_daemon_chimes_and_says_a_timer_is_done_without_the_wake_word(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from voicebot.audio import silence
+    from voicebot.config import DaemonSettings
+    from voicebot.engines.fake import FakeWakeWord, tone
+    from voicebot.events import AudioOut, StateChanged
+    from voicebot.events import SessionState as State
+    from voicebot.transports.daemon import Daemon, cue
+
+    from .conftest import paced
+
+    clock = FakeClock()
+    store = Store(tmp_path / "d.db")
+    timers = TimerService(store, clock=clock)
+    skills = SkillRouter(timers=timers, clock=clock)
+    recorder = Signalling()
+    engines = Engines(
+        stt=FakeStt(["Set a timer for five seconds."]),
+        llm=FakeChat(["The model answered."]),
+        tts=FakeTts(seconds_per_char=0.01),
+        vad_factory=FakeVad,
+    )
+
+    def conversation(sink):  # type: ignore[no-untyped-def]
+        return Session(
+            engines,
+            settings,
+            sink=sink,
+            store=store,
+            barge_in=False,
+            skills=skills,
+            timer_key="daemon",
+        )
+
+    daemon = Daemon(
+        DaemonSettings(follow_up_s=1.0, command_timeout_s=2.0),
+        wake=FakeWakeWord(),
+        make_conversation=conversation,
+        speaker=recorder,
+        output_sample_rate_hz=16000,
+    )
+    pcm = tone(0.5, hz=880.0, level=0.4) + silence(0.2, 16000) + tone(0.8, hz=220.0)
+    pcm += silence(4.0, 16000)
+
+    async def source():  # type: ignore[no-untyped-def]
+        async for chunk in paced(pcm, speed=2.0):
+            yield chunk
+        assert recorder.texts(ReplyDone) == ["Timer set for 5 seconds."]
+        assert not daemon.awake
+        assert [t.name for t in timers.running("daemon")] == [""]
+        clock.advance(5)
+        await timers.check()  # the daemon sleeps: no wake word comes
+        async for chunk in paced(silence(3.0, 16000), speed=2.0):
+            yield chunk
+
+    await asyncio.wait_for(daemon.run(source, restart=False), 30)
+    assert "Your timer is done." in recorder.texts(ReplyDone)
+    finished = recorder.events.index(recorder.of(TimerFinished)[0])
+    chime = next(
+        e for e in recorder.events[finished:] if isinstance(e, AudioOut) and e.turn_id == 0
+    )
+    assert chime.pcm == cue("timer", 16000)
+    assert recorder.of(StateChanged)[-1].state is State.IDLE
+    store.close()
+
+
+async def test_voicebot_chat_chimes_before_the_timer_is_named() -> None:
+    from voicebot.transports.daemon import cue
+    from voicebot.transports.mic import with_timer_chime
+
+    played: list[tuple[bytes, int]] = []
+    heard: list[object] = []
+
+    class Speaker:
+        def play(self, pcm: bytes, rate: int) -> None:
+            played.append((pcm, rate))
+
+        async def __call__(self, event: object) -> None:
+            heard.append(event)
+
+    sink = with_timer_chime(Speaker())  # type: ignore[arg-type]
+    await sink(TimerStarted("t", "", 5.0, 5.0))
+    assert played == []
+    await sink(TimerFinished("t", "", 5.0))
+    assert played == [(cue("timer", 22050), 22050)]
+    assert len(heard) == 2

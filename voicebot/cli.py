@@ -396,30 +396,35 @@ async def _chat_file(
 
 async def _chat_mic(args: argparse.Namespace, settings: Settings, store: Any, engines: Any) -> int:
     from .session import Session
+    from .skills import SkillRouter, TimerService
     from .transports.console import ConsoleView, fan_out, latency_summary
-    from .transports.mic import MicrophoneSource, SpeakerSink
+    from .transports.mic import MicrophoneSource, SpeakerSink, with_timer_chime
 
     source = MicrophoneSource(args.input_device)
     speaker = SpeakerSink(args.output_device)
     rate = source.open()
     speaker.open()
     view = ConsoleView(settings.get_profile().display_name)
+    timers = TimerService(store)
     session = Session(
         engines,
         settings,
-        sink=fan_out(speaker, view),
+        sink=fan_out(with_timer_chime(speaker), view),
         store=store,
         conversation_id=args.conversation,
         input_sample_rate_hz=rate,
         barge_in=bool(args.barge_in),
+        skills=SkillRouter(settings.skills, timers=timers) if settings.skills.enabled else None,
     )
     try:
+        await timers.start()
         cid = await session.start(greet=args.greet is not False)
         mode = "barge-in on" if session.barge_in else "half-duplex: use --barge-in with a headset"
         print(f"[conversation {cid}; {mode}; Ctrl-C to stop]", file=sys.stderr, flush=True)
         await session.run(source.chunks())
     finally:
         await session.close()
+        await timers.close()
         source.close()
         speaker.close()
         if view.metrics:
@@ -655,6 +660,7 @@ async def _daemon(
 ) -> int:
     from .audio import write_wav
     from .session import Session
+    from .skills import SkillRouter, TimerService
     from .transports.console import ConsoleView, fan_out
     from .transports.daemon import Daemon, ResamplingSource, StatusReporter
     from .transports.file import Timeline, chunks_paced
@@ -670,6 +676,13 @@ async def _daemon(
         output = SpeakerSink(args.output_device)
         output.open()
     speaker = fan_out(output, view)
+    # The speaker's timers (a local daemon's: the server keeps a satellite's).
+    timers = TimerService(store) if store is not None and not settings.daemon.server else None
+    skills = (
+        SkillRouter(settings.skills, timers=timers)
+        if timers is not None and settings.skills.enabled
+        else None
+    )
 
     def make_conversation(sink: Any) -> Any:
         if settings.daemon.server:
@@ -689,6 +702,8 @@ async def _daemon(
             store=store,
             input_sample_rate_hz=16000,
             barge_in=False,
+            skills=skills,
+            timer_key=_DAEMON_TIMERS,
         )
 
     status = StatusReporter(settings.daemon)
@@ -724,8 +739,14 @@ async def _daemon(
         flush=True,
     )
     try:
+        if timers is not None:
+            await timers.start()
+            if timers.running(_DAEMON_TIMERS):
+                await daemon.open_conversation()  # timers set before a restart still ring
         await daemon.run(open_source, restart=not args.input)  # READY=1, watchdog, STOPPING=1
     finally:
+        if timers is not None:
+            await timers.close()
         if args.input:
             write_wav(args.output, output.audio(len(recording) / 32000), out_rate)
             times = ", ".join(f"{t:.1f} s" for t in daemon.wake_times) or "none"
@@ -736,6 +757,8 @@ async def _daemon(
 
 
 _CURRENT_DAEMON: list[Any] = []
+_DAEMON_TIMERS = "daemon"
+"""The daemon's timers belong to the speaker, not to one conversation."""
 
 
 _NOT_CARRIED = frozenset({"help", "install_service", "print_service", "daemon_args"})

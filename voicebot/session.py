@@ -112,6 +112,7 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         realtime_playback: bool = True,
         skills: SkillRouter | None = None,
+        timer_key: str = "",
     ) -> None:
         """Create a session (call :meth:`start`, then :meth:`run` or :meth:`feed`).
 
@@ -130,6 +131,8 @@ class Session:
                 file, so everything sent counts as heard at once).
             skills: Answers what it can before the chat model (the app's, with its timers);
                 default: one without timers, unless ``settings.skills.enabled`` is off.
+            timer_key: Whose timers this session sets and hears (default: its conversation's;
+                the daemon's are the device's, whatever the conversation).
 
         Raises:
             ConfigError: unknown profile. AudioFormatError: unsupported input rate.
@@ -186,7 +189,7 @@ class Session:
         self._closed = False
         self.skills = skills if skills is not None else default_skills(settings)
         """Answers time, timers, arithmetic... before the chat model (None: all to it)."""
-        self._timer_key = ""  # whose timers: the conversation's (a session's own without one)
+        self._timer_key = timer_key  # default: the conversation's (the session's, without one)
         self._unsubscribe_timers: Callable[[], None] | None = None
 
     @property
@@ -691,7 +694,7 @@ class Session:
 
     async def _watch_timers(self) -> None:
         """Hear the conversation's timers; the client learns of those already running."""
-        self._timer_key = self.conversation_id or f"session-{id(self):x}"
+        self._timer_key = self._timer_key or self.conversation_id or f"session-{id(self):x}"
         timers = self.skills.timers if self.skills is not None else None
         if timers is None or self._unsubscribe_timers is not None:
             return
@@ -704,10 +707,10 @@ class Session:
         """A timer of the conversation changed; one that ended is said out loud."""
         if self._closed:
             return
+        if isinstance(event, TimerFinished) and self._reply_in_progress():
+            await self.interrupt()  # the alarm goes first (and its chime is not flushed)
         await self._emit(event)
         if isinstance(event, TimerFinished):
-            if self._reply_in_progress():
-                await self.interrupt()  # the alarm goes first
             what = f"{event.name} timer" if event.name else "timer"
             # Spoken like the greeting: not an answer to a turn, kept in the history.
             self._speak_greeting(f"Your {what} is done.")

@@ -16,6 +16,10 @@ from ..events import (
     ReplyText,
     SessionState,
     StateChanged,
+    TimerCancelled,
+    TimerDismissed,
+    TimerFinished,
+    TimerStarted,
     Transcript,
     WakeWordDetected,
 )
@@ -88,6 +92,16 @@ class ConsoleView:
         elif isinstance(event, ErrorEvent):
             self._end_line()
             print(f"[error: {event.message}]", file=self.err, flush=True)
+        elif isinstance(event, TimerStarted | TimerFinished | TimerCancelled | TimerDismissed):
+            self._end_line()
+            name = f"{event.name} timer" if event.name else f"{event.seconds:g} s timer"
+            what = {
+                TimerStarted: "running",
+                TimerFinished: "DONE",
+                TimerCancelled: "cancelled",
+                TimerDismissed: "stopped ringing",
+            }[type(event)]
+            print(f"[{name}: {what}]", file=self.err, flush=True)
         elif isinstance(event, StateChanged) and self.show_state:
             print(f"[{_STATE_LABELS[event.state]}]", file=self.err, flush=True)
 

@@ -41,6 +41,7 @@ from ..events import (
     SpeechStarted,
     SpeechStopped,
     StateChanged,
+    TimerFinished,
     Transcript,
     WakeWordDetected,
 )
@@ -100,8 +101,14 @@ class Conversation(Protocol):
 
 
 def cue(kind: str = "wake", sample_rate_hz: int = 22050) -> bytes:
-    """A short chime: ``wake`` rises (I'm listening), ``error`` falls (I can't help now)."""
-    notes = {"wake": (660.0, 880.0), "error": (660.0, 440.0), "bye": (880.0, 660.0)}[kind]
+    """A short chime: ``wake`` rises (I'm listening), ``error`` falls (I can't help now),
+    ``timer`` rings twice (a timer ended)."""
+    notes = {
+        "wake": (660.0, 880.0),
+        "error": (660.0, 440.0),
+        "bye": (880.0, 660.0),
+        "timer": (880.0, 1175.0, 1568.0, 880.0, 1175.0, 1568.0),
+    }[kind]
     parts = []
     for freq in notes:
         n = int(0.11 * sample_rate_hz)
@@ -493,6 +500,13 @@ class Daemon:
                 self._deaf_until_s = self._stream_s + played_s + self._cue_tail_s
         await self._publish(SessionState.LISTENING)
 
+    async def open_conversation(self) -> None:
+        """Open the conversation before any wake word (so a timer set before a restart,
+        whose end the conversation announces, is heard)."""
+        if self._conversation is None:
+            self._conversation = self._make_conversation(self._on_event)
+            await self._conversation.start()
+
     async def _go_idle(self) -> None:
         if self._awake:
             _LOGGER.info("back to sleep")
@@ -531,6 +545,15 @@ class Daemon:
             self._last_activity = now
         elif isinstance(event, Interrupted):
             self._last_activity = now
+        elif isinstance(event, TimerFinished):
+            # Rung without a wake word: the chime now, then the conversation says which
+            # timer. Asleep meanwhile, so the microphone never takes the chime or the
+            # announcement for the user ("okay nabu, stop" still cuts it short).
+            await self._go_idle()
+            await self.speaker(event)
+            await self._play_cue("timer")
+            self._last_activity = now
+            return
         elif isinstance(event, ErrorEvent) and event.code == ServerUnavailable.code:
             # Satellite mode: the server cannot be reached or went away. Mid-conversation
             # that ends it: say so (a falling chime) and wait for the wake word again.

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +22,15 @@ import numpy as np
 
 from ..audio import StreamResampler
 from ..errors import AudioDeviceError
-from ..events import AudioOut, Event, Interrupted
+from ..events import AudioOut, Event, Interrupted, TimerFinished
+from .daemon import cue
 
 __all__ = [
     "COMMON_SAMPLE_RATES_HZ",
     "DeviceInfo",
     "MicrophoneSource",
     "SpeakerSink",
+    "with_timer_chime",
     "list_devices",
     "play_blocking",
     "resolve_device",
@@ -651,3 +653,13 @@ def play_blocking(pcm: bytes, sample_rate_hz: int, *, device: str | int | None =
     raise AudioDeviceError(
         f"cannot play on {info.name!r} at {_describe_formats(info, 'output')}: {error}"
     )
+
+
+def with_timer_chime(speaker: SpeakerSink) -> Callable[[Event], Awaitable[None]]:
+    """The speaker as a session sink, plus a chime when a timer ends (before it is named)."""
+    async def sink(event: Event) -> None:
+        if isinstance(event, TimerFinished):
+            speaker.play(cue("timer", 22050), 22050)
+        await speaker(event)
+
+    return sink
