@@ -172,6 +172,9 @@ class SkillRouter:
         self._slot_lists: dict[str, SlotList] = {
             name: TextSlotList.from_strings([]) for name in _EMPTY_LISTS
         }
+        # The first match of number words builds hassil's number tables (~30 ms): done here,
+        # at start, rather than on the user's first turn.
+        self.match("set a timer for twenty five minutes")
 
     # --- matching (pure) ---
 
