@@ -838,3 +838,25 @@ async def test_voicebot_chat_chimes_before_the_timer_is_named() -> None:
     await sink(TimerFinished("t", "", 5.0))
     assert played == [(cue("timer", 22050), 22050)]
     assert len(heard) == 2
+
+
+def test_a_satellite_hears_the_servers_timers() -> None:
+    from voicebot.transports.satellite import RemoteConversation
+
+    async def sink(event: object) -> None:
+        pass
+
+    remote = RemoteConversation("ws://127.0.0.1:9/ws", sink)
+    frames = [
+        {"type": "timer_started", "id": "a", "name": "tea", "seconds": 60.0, "remaining_s": 59.5},
+        {"type": "timer_finished", "id": "a", "name": "tea", "seconds": 60.0},
+        {"type": "timer_cancelled", "id": "b", "name": "", "seconds": 5.0},
+        {"type": "timer_dismissed", "id": "a", "name": "tea", "seconds": 60.0},
+    ]
+    events = [remote._translate(frame) for frame in frames]  # the frames a server sends
+    assert events == [
+        TimerStarted("a", "tea", 60.0, 59.5),
+        TimerFinished("a", "tea", 60.0),
+        TimerCancelled("b", "", 5.0),
+        TimerDismissed("a", "tea", 60.0),
+    ]

@@ -28,6 +28,10 @@ from ..events import (
     SpeechStarted,
     SpeechStopped,
     StateChanged,
+    TimerCancelled,
+    TimerDismissed,
+    TimerFinished,
+    TimerStarted,
     Transcript,
 )
 from .client import ServerUnavailable, VoiceClient
@@ -209,6 +213,17 @@ class RemoteConversation:
             return Metrics(turn, {k: float(v) for k, v in item["ms"].items()})
         if kind == "error":
             return ErrorEvent(str(item["code"]), str(item["message"]), item.get("turn_id"))
+        if kind == "timer_started":
+            timer = (str(item["id"]), str(item["name"]), float(item["seconds"]))
+            return TimerStarted(*timer, float(item["remaining_s"]))
+        timer_events: dict[str, type[TimerFinished | TimerCancelled | TimerDismissed]] = {
+            "timer_finished": TimerFinished,
+            "timer_cancelled": TimerCancelled,
+            "timer_dismissed": TimerDismissed,
+        }
+        if kind in timer_events:
+            # The server keeps the timers; the daemon chimes on TimerFinished.
+            return timer_events[kind](str(item["id"]), str(item["name"]), float(item["seconds"]))
         return None
 
     async def feed(self, pcm: bytes) -> None:
