@@ -15,6 +15,7 @@ __all__ = [
     "AudioOut",
     "ErrorEvent",
     "Event",
+    "FactsChanged",
     "Interrupted",
     "Metrics",
     "ReplyDone",
@@ -216,6 +217,14 @@ class TimerDismissed:
     """Its whole length."""
 
 
+@dataclass(frozen=True, slots=True)
+class FactsChanged:
+    """What the assistant remembers about the user changed (or a client asked to see it)."""
+
+    facts: tuple[tuple[str, str, str], ...]
+    """(key, value, how it is said back: "you live in Lyon"), oldest first."""
+
+
 TimerEvent = TimerStarted | TimerFinished | TimerCancelled | TimerDismissed
 """What a :class:`~voicebot.skills.TimerService` tells the sessions of a conversation."""
 
@@ -236,5 +245,6 @@ Event = (
     | TimerFinished
     | TimerCancelled
     | TimerDismissed
+    | FactsChanged
 )
 """Any session event."""

@@ -20,6 +20,7 @@ from .events import (
     AudioOut,
     ErrorEvent,
     Event,
+    FactsChanged,
     Interrupted,
     Metrics,
     ReplyDone,
@@ -38,6 +39,8 @@ from .events import (
 __all__ = [
     "PROTOCOL_VERSION",
     "ClientMessage",
+    "FactsMessage",
+    "ForgetFactMessage",
     "InterruptMessage",
     "StartMessage",
     "StopMessage",
@@ -92,7 +95,22 @@ class StopMessage:
     """End the session cleanly."""
 
 
-ClientMessage = StartMessage | TextMessage | InterruptMessage | StopMessage
+@dataclass(frozen=True, slots=True)
+class FactsMessage:
+    """The client asks what the assistant remembers about the user (answered by ``facts``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetFactMessage:
+    """The client deletes a remembered fact (answered by ``facts``)."""
+
+    key: str | None
+    """The fact's key, as the ``facts`` frame gives it; ``None`` forgets them all."""
+
+
+ClientMessage = (
+    StartMessage | TextMessage | InterruptMessage | StopMessage | FactsMessage | ForgetFactMessage
+)
 """Anything a client sends in a text frame."""
 
 
@@ -159,6 +177,15 @@ def parse_text_frame(frame: str) -> ClientMessage:
         return InterruptMessage()
     if kind == "stop":
         return StopMessage()
+    if kind == "facts":
+        return FactsMessage()
+    if kind == "forget_fact":
+        if data.get("all") is True:
+            return ForgetFactMessage(None)
+        key = data.get("key")
+        if not isinstance(key, str) or not key or len(key) > 200:
+            raise _error("bad_message", "'key' must be a fact's key (or 'all': true)")
+        return ForgetFactMessage(key)
     raise _error("unknown_type", f"unknown message type {kind!r}")
 
 
@@ -255,5 +282,14 @@ def encode_event(event: Event) -> str | bytes | None:
         }[type(event)]
         return _frame(
             {"type": kind, "id": event.timer_id, "name": event.name, "seconds": event.seconds}
+        )
+    if isinstance(event, FactsChanged):
+        return _frame(
+            {
+                "type": "facts",
+                "facts": [
+                    {"key": key, "value": value, "text": text} for key, value, text in event.facts
+                ],
+            }
         )
     return None

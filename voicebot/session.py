@@ -35,6 +35,7 @@ from .events import (
     AudioOut,
     ErrorEvent,
     Event,
+    FactsChanged,
     Interrupted,
     Metrics,
     ReplyDone,
@@ -47,6 +48,7 @@ from .events import (
     TimerStarted,
     Transcript,
 )
+from .memory import describe_fact
 from .playback import EchoGuard, Playback
 from .preemptive import PreemptiveReply
 from .responder import ReplyOutcome, Responder, Sink, ms_between
@@ -186,6 +188,7 @@ class Session:
         self._adopted: tuple[PreemptiveReply, float] | None = None  # and its metrics' shift
         self._arrivals: list[tuple[float, float]] = []  # (stream time, clock) of chunks
         self._started = False
+        self._facts_version = 0  # the dialogue's facts_version last stored and sent
         self._closed = False
         self.skills = skills if skills is not None else default_skills(settings)
         """Answers time, timers, arithmetic... before the chat model (None: all to it)."""
@@ -218,8 +221,9 @@ class Session:
             store = self.store
             if self._requested_id:
                 turns = await asyncio.to_thread(store.turns, self._requested_id)
+                facts = await asyncio.to_thread(store.facts, self._requested_id)
                 self.dialogue = Dialogue(
-                    self.profile, conversation_id=self._requested_id, turns=turns
+                    self.profile, conversation_id=self._requested_id, turns=turns, facts=facts
                 )
             else:
                 cid = await asyncio.to_thread(store.create_conversation, self.profile.name)
@@ -758,13 +762,40 @@ class Session:
     # --- output ---
 
     async def _save(self, turn: Turn) -> None:
-        if self.store is None or not self.conversation_id:
-            return
-        try:
-            await asyncio.to_thread(self.store.add_turn, self.conversation_id, turn)
-        except VoicebotError as error:
-            _LOGGER.error("could not save a turn: %s", error)
-            await self._emit(ErrorEvent(error.code, str(error)))
+        if self.store is not None and self.conversation_id:
+            try:
+                await asyncio.to_thread(self.store.add_turn, self.conversation_id, turn)
+            except VoicebotError as error:
+                _LOGGER.error("could not save a turn: %s", error)
+                await self._emit(ErrorEvent(error.code, str(error)))
+        if turn.role == "user" and self.dialogue.facts_version != self._facts_version:
+            await self._facts_changed()
+
+    # --- what is remembered about the user ---
+
+    def facts_event(self) -> FactsChanged:
+        """What the conversation remembers about the user, as an event for a client."""
+        return FactsChanged(
+            tuple((k, v, describe_fact(k, v)) for k, v in self.dialogue.facts.items())
+        )
+
+    async def forget_fact(self, key: str | None) -> None:
+        """Forget one remembered fact (``None``: all of them); the client hears ``facts``."""
+        self.dialogue.forget(key)
+        await self._facts_changed()
+
+    async def _facts_changed(self) -> None:
+        """Store the facts (they survive a resume, forgetting included) and tell the client."""
+        self._facts_version = self.dialogue.facts_version
+        if self.store is not None and self.conversation_id:
+            try:
+                await asyncio.to_thread(
+                    self.store.save_facts, self.conversation_id, dict(self.dialogue.facts)
+                )
+            except VoicebotError as error:
+                _LOGGER.error("could not save the facts: %s", error)
+                await self._emit(ErrorEvent(error.code, str(error)))
+        await self._emit(self.facts_event())
 
     async def _set_state(self, state: SessionState) -> None:
         if state is not self.state:

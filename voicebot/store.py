@@ -44,9 +44,14 @@ CREATE TABLE IF NOT EXISTS timers (
         CHECK (state IN ('running', 'finished', 'cancelled'))
 );
 CREATE INDEX IF NOT EXISTS timers_by_state ON timers(state, ends_at);
+CREATE TABLE IF NOT EXISTS facts (
+    conversation_id TEXT PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+    facts TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 # Every table is created IF NOT EXISTS: a store made by an older version gains the new tables
-# (timers) when opened, and keeps everything it had.
+# (timers, facts) when opened, and keeps everything it had.
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,24 @@ class Store:
                 (profile,),
             )
         return str(rows[0][0]) if rows else None
+
+    def facts(self, conversation_id: str) -> dict[str, str] | None:
+        """What the conversation remembers about the user; ``None`` when never saved (a
+        conversation from before the facts table: learn them again from its turns)."""
+        rows = self._run("SELECT facts FROM facts WHERE conversation_id = ?", (conversation_id,))
+        if not rows:
+            return None
+        data = json.loads(rows[0][0])
+        return {str(key): str(value) for key, value in data.items()}
+
+    def save_facts(self, conversation_id: str, facts: dict[str, str]) -> None:
+        """Replace what the conversation remembers about the user (``{}`` after forgetting)."""
+        self._run(
+            "INSERT INTO facts (conversation_id, facts, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(conversation_id) DO UPDATE SET facts = excluded.facts, "
+            "updated_at = excluded.updated_at",
+            (conversation_id, json.dumps(facts, ensure_ascii=False), time.time()),
+        )
 
     def add_timer(self, timer: TimerRecord) -> None:
         """Store a new timer."""

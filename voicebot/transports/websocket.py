@@ -44,6 +44,8 @@ from ..events import (
     Transcript,
 )
 from ..protocol import (
+    FactsMessage,
+    ForgetFactMessage,
     InterruptMessage,
     StartMessage,
     StopMessage,
@@ -402,6 +404,10 @@ class VoiceServer:
                 )
             )
             await send.release()
+            if session.dialogue.facts:  # a resumed conversation: what it remembers
+                facts = encode_event(session.facts_event())
+                if facts is not None:
+                    await connection.send(facts)
             if start.greet:
                 await session.greet()
             await self._receive(connection, session, send, start.sample_rate_hz)
@@ -536,6 +542,13 @@ class VoiceServer:
             elif isinstance(message, InterruptMessage):
                 send.touch()
                 await session.interrupt()
+            elif isinstance(message, FactsMessage):
+                facts = encode_event(session.facts_event())
+                if facts is not None:
+                    await connection.send(facts)
+            elif isinstance(message, ForgetFactMessage):
+                send.touch()
+                await session.forget_fact(message.key)
             elif isinstance(message, StopMessage):
                 await session.end_of_input()
                 await connection.close(CLOSE_NORMAL, "stopped")
