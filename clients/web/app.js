@@ -88,6 +88,8 @@ const ui = {
   text: $("text"),
   conversationLabel: $("conversation-label"),
   latencyLabel: $("latency-label"),
+  memory: $("memory"),
+  factList: $("fact-list"),
 };
 
 const app = {
@@ -776,6 +778,9 @@ function onEvent(message) {
     case "wake":
       addSystemLine(`Wake word: ${message.name}`);
       break;
+    case "facts":
+      renderFacts(message.facts);
+      break;
     default:
       break; // a newer server's event: ignore it
   }
@@ -816,7 +821,36 @@ function onReady(message) {
   app.preReady = [];
   app.preReadyBytes = 0;
   for (const text of app.pendingText.splice(0)) send({ type: "text", text });
+  send({ type: "facts" }); // what this conversation remembers about the user
   renderStatus();
+}
+
+// ------------------------------------------------------------------------------ memory
+
+function renderFacts(facts) {
+  // One line per remembered fact ("you live in Lyon"), each with its own forget button.
+  const items = (Array.isArray(facts) ? facts : []).map((fact) => {
+    const item = document.createElement("li");
+    item.className = "fact";
+    item.dataset.key = fact.key;
+    const text = document.createElement("span");
+    text.className = "fact-text";
+    const said = String(fact.text || `${fact.key}: ${fact.value}`);
+    text.textContent = `${said.charAt(0).toUpperCase()}${said.slice(1)}.`;
+    const forget = document.createElement("button");
+    forget.type = "button";
+    forget.className = "forget-fact";
+    forget.textContent = "Forget";
+    forget.setAttribute("aria-label", `Forget that ${said}`);
+    forget.addEventListener("click", () => {
+      forget.disabled = true;
+      send({ type: "forget_fact", key: fact.key });
+    });
+    item.append(text, forget);
+    return item;
+  });
+  ui.factList.replaceChildren(...items);
+  ui.memory.hidden = items.length === 0;
 }
 
 function onServerError(message) {
