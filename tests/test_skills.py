@@ -107,6 +107,16 @@ TIMER_START: list[tuple[str, float, str]] = [
     ("10 minute timer.", 600, ""),
     ("Timer for 3 minutes.", 180, ""),
     ("Set a timer for three minutes for the pizza.", 180, "pizza"),
+    ("Set a timer for 10 minutes, please.", 600, ""),
+    ("Okay, set a timer for 5 minutes.", 300, ""),
+    ("I need a timer for 5 minutes.", 300, ""),
+    ("Set an alarm for 5 minutes.", 300, ""),
+    ("Timer 5 minutes.", 300, ""),
+    ("Set a timer 5 minutes.", 300, ""),
+    ("Put a timer on for 10 minutes.", 600, ""),
+    ("Set a timer for 120 minutes.", 7200, ""),
+    ("Set a timer for 2 hours.", 7200, ""),
+    ("Set a five minute timer for the cookies.", 300, "cookies"),
 ]
 
 ROUTED: list[tuple[str, str]] = [
@@ -122,6 +132,9 @@ ROUTED: list[tuple[str, str]] = [
     ("Can you tell me the time?", "HassGetCurrentTime"),
     ("What is the current time?", "HassGetCurrentTime"),
     ("Time please.", "HassGetCurrentTime"),
+    ("Okay, what time is it?", "HassGetCurrentTime"),
+    ("So what time is it?", "HassGetCurrentTime"),
+    ("Hey, what's the time?", "HassGetCurrentTime"),
     # the date
     ("What's the date?", "HassGetCurrentDate"),
     ("What is the date today?", "HassGetCurrentDate"),
@@ -142,6 +155,10 @@ ROUTED: list[tuple[str, str]] = [
     ("Timer status.", "HassTimerStatus"),
     ("How much time is left on my time?", "HassTimerStatus"),  # tiny.en
     ("List my timers.", "HassTimerStatus"),
+    ("How many minutes are left?", "HassTimerStatus"),
+    ("How long until the timer goes off?", "HassTimerStatus"),
+    ("What's the status of my timer?", "HassTimerStatus"),
+    ("Is my timer done?", "HassTimerStatus"),
     # timers: cancel
     ("Cancel the timer.", "HassCancelTimer"),
     ("Cancel my timer.", "HassCancelTimer"),
@@ -150,6 +167,8 @@ ROUTED: list[tuple[str, str]] = [
     ("Delete the eggs timer.", "HassCancelTimer"),
     ("Cancel the time.", "HassCancelTimer"),  # tiny.en
     ("Cancel the timer for the pasta.", "HassCancelTimer"),
+    ("Turn off the timer.", "HassCancelTimer"),
+    ("Stop the timer please.", "HassCancelTimer"),
     ("Cancel all timers.", "HassCancelAllTimers"),
     ("Cancel all my timers.", "HassCancelAllTimers"),
     ("Cancel all of my timers.", "HassCancelAllTimers"),
@@ -173,6 +192,12 @@ ROUTED: list[tuple[str, str]] = [
     ("Sorry, what was that?", "VoicebotRepeat"),
     ("Come again?", "VoicebotRepeat"),
     ("Repeat.", "VoicebotRepeat"),
+    ("Please repeat.", "VoicebotRepeat"),
+    ("What did you just say?", "VoicebotRepeat"),
+    ("Pardon?", "VoicebotRepeat"),
+    ("Shut up.", "VoicebotStop"),
+    ("Okay, stop.", "VoicebotStop"),
+    ("Stop, please.", "VoicebotStop"),
     ("I didn't catch that.", "VoicebotRepeat"),
 ]
 
@@ -220,6 +245,11 @@ ARITHMETIC: list[tuple[str, str]] = [
     ("What does 6 times 7 equal?", "6 times 7 is 42."),
     ("What is 25 percent of 200?", "25 percent of 200 is 50."),
     ("What is twenty percent of fifty?", "20 percent of 50 is 10."),
+    ("What's 2+2?", "2 plus 2 is 4."),
+    ("Calculate 15% of 200.", "15 percent of 200 is 30."),
+    ("What's 1 million times 3?", "1,000,000 times 3 is 3,000,000."),
+    ("What is 0 divided by 5?", "0 divided by 5 is 0."),
+    ("And three plus three?", "3 plus 3 is 6."),
 ]
 
 TO_THE_MODEL = [
@@ -248,6 +278,18 @@ TO_THE_MODEL = [
     "I like timers.",
     "Repeat after me: hello.",
     "Hello there.",
+    "Time for bed.",
+    "It is time for dinner.",
+    "What time is dinner?",
+    "Set the alarm for 7 am.",
+    "Give me 5 minutes.",
+    "The timer is broken.",
+    "How many minutes are in an hour?",
+    "What is the status of the project?",
+    "Stop the war.",
+    "I want to stop smoking.",
+    "Okay.",
+    "In 5 minutes.",
 ]
 
 

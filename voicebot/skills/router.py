@@ -76,13 +76,19 @@ class SkillReply:
     """Store the exchange in the conversation (False for "stop" and "never mind")."""
 
 
+_FILLERS = re.compile(r"^(?:(?:okay|ok|so|well|alright|all right|hey|um|uh|oh|hmm|and) )+")
+"""Words that start a sentence without changing what it asks ("Okay, what time is it?")."""
+
+
 def normalize(text: str) -> str:
-    """Lower case, Whisper's symbols as words, punctuation off (except inside numbers)."""
+    """Lower case, Whisper's symbols as words, punctuation and leading fillers off (except
+    inside numbers)."""
     text = words_for_speech(text).lower()
     text = re.sub(r"(?<!\d)[.,](?!\d)|[.,](?=\s|$)", " ", text)
     text = re.sub(r"[!?;:\"()\[\]{}\u2026]", " ", text)
     text = re.sub(r"(^|\s)'|'(\s|$)", " ", text)
-    return " ".join(text.split())
+    text = " ".join(text.split())
+    return _FILLERS.sub("", text + " ").strip()
 
 
 def _load_templates(extra: Iterable[str | Path]) -> dict[str, Any]:
