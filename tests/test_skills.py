@@ -250,6 +250,11 @@ ARITHMETIC: list[tuple[str, str]] = [
     ("What's 1 million times 3?", "1,000,000 times 3 is 3,000,000."),
     ("What is 0 divided by 5?", "0 divided by 5 is 0."),
     ("And three plus three?", "3 plus 3 is 6."),
+    ("What is 5 times 5 times 5?", "5 times 5 times 5 is 125."),
+    ("What is 2 plus 3 times 4?", "2 plus 3 times 4 is 14."),
+    ("What is 10 minus 2 minus 3?", "10 minus 2 minus 3 is 5."),
+    ("What is 1/3 plus 1/3?", "1 divided by 3 plus 1 divided by 3 is about 0.6667."),
+    ("What is 8 divided by 0 plus 1?", "You can't divide by zero."),
 ]
 
 TO_THE_MODEL = [
@@ -290,6 +295,8 @@ TO_THE_MODEL = [
     "I want to stop smoking.",
     "Okay.",
     "In 5 minutes.",
+    "What is 1 plus 2 plus the moon?",
+    "What is 5?",
 ]
 
 

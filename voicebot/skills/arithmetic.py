@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 
-from .numbers import format_number, sqrt_exact, too_big
+from .numbers import format_number, parse_number, sqrt_exact, too_big
 
-__all__ = ["OPERATIONS", "calculate"]
+__all__ = ["OPERATIONS", "calculate", "evaluate"]
 
 OPERATIONS = ("add", "subtract", "multiply", "divide", "percent", "power", "square", "cube", "sqrt")
 """The ``op`` slot values of the arithmetic templates."""
@@ -75,3 +76,53 @@ def _said(result: Fraction, phrase: str) -> tuple[Fraction | None, str]:
     if too_big(result):
         return None, f"{phrase} is too big a number for me to say."
     return result, f"{phrase} is {format_number(result)}."
+
+
+_CHAIN_OPS = {
+    "plus": "+",
+    "minus": "-",
+    "times": "*",
+    "multiplied by": "*",
+    "x": "*",
+    "divided by": "/",
+    "over": "/",
+}
+_CHAIN_SPLIT = re.compile(r"\b(multiplied by|divided by|plus|minus|times|over|x)\b")
+_SPOKEN = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+
+
+def evaluate(words: str) -> tuple[Fraction | None, str] | None:
+    """A chain of numbers and operators ("5 times 5 times 5", "2 plus 3 times 4"), with
+    times and divided by before plus and minus, said back with its result.
+
+    Returns:
+        ``None`` when ``words`` are not such a chain (a word that is not a number, or no
+        operator); otherwise what :func:`calculate` returns.
+    """
+    parts = _CHAIN_SPLIT.split(words.strip())
+    operands, operators = parts[0::2], [_CHAIN_OPS[p] for p in parts[1::2]]
+    if not operators:
+        return None
+    values = [parse_number(o) for o in operands]
+    if any(v is None for v in values):
+        return None
+    numbers = [v for v in values if v is not None]
+    phrase = format_number(numbers[0])
+    for op, value in zip(operators, numbers[1:], strict=True):
+        phrase += f" {_SPOKEN[op]} {format_number(value)}"
+    terms: list[Fraction] = [numbers[0]]
+    signs: list[str] = []
+    for op, value in zip(operators, numbers[1:], strict=True):
+        if op in "*/":
+            if op == "/" and value == 0:
+                return None, "You can't divide by zero."
+            terms[-1] = terms[-1] * value if op == "*" else terms[-1] / value
+            if too_big(terms[-1]):
+                return None, f"{phrase} is too big a number for me to say."
+        else:
+            signs.append(op)
+            terms.append(value)
+    result = terms[0]
+    for op, term in zip(signs, terms[1:], strict=True):
+        result = result + term if op == "+" else result - term
+    return _said(result, phrase)

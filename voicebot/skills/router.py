@@ -29,7 +29,7 @@ from home_assistant_intents import get_intents
 
 from ..config import SkillSettings
 from ..errors import ConfigError, VoicebotError
-from .arithmetic import calculate
+from .arithmetic import calculate, evaluate
 from .numbers import format_duration, parse_number, words_for_speech
 from .timers import Timer, TimerService
 
@@ -214,6 +214,8 @@ class SkillRouter:
 
     def _acceptable(self, found: IntentMatch) -> bool:
         """Templates with free words ({a}, {b}) match more than they mean: check the words."""
+        if found.intent == "VoicebotArithmetic" and found.slots.get("op") == "chain":
+            return evaluate(str(found.slots.get("a") or "")) is not None
         if found.intent == "VoicebotArithmetic":
             return _operands(found) is not None
         if found.intent == "HassStartTimer":
@@ -253,6 +255,10 @@ class SkillRouter:
                 f"Today is {now.strftime('%A')}, {now.strftime('%B')} {now.day}, {now.year}.",
                 intent,
             )
+        if intent == "VoicebotArithmetic" and found.slots.get("op") == "chain":
+            chain = evaluate(str(found.slots.get("a") or ""))
+            assert chain is not None
+            return SkillReply(chain[1], intent)
         if intent == "VoicebotArithmetic":
             operands = _operands(found)
             assert operands is not None
