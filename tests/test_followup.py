@@ -79,6 +79,9 @@ def test_follow_ups_are_rewritten(previous: str, answer: str, question: str, exp
         ("Hello.", "Is it going to rain?"),
         ("What is two plus two?", "Thanks!"),
         ("How are you?", "And you?"),
+        ("What is the capital of France?", "And I live in Paris."),
+        ("Tell me a story.", "And then what happened?"),
+        ("What is the capital of France?", "And thanks for that."),
         ("", "And an ant?"),
     ],
 )

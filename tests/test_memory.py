@@ -11,6 +11,7 @@ import pytest
 from voicebot.memory import (
     Forget,
     Recall,
+    answer_question,
     apply_command,
     describe_fact,
     extract,
@@ -98,6 +99,7 @@ def test_statements_in_other_wordings_are_remembered(
         "Do I live in Oslo?",
         "I love it!",
         "I like that.",
+        "I like your voice.",
         "I play with my kids.",
         "I drive to work.",
         "I speak slowly.",
@@ -215,3 +217,43 @@ def test_commands_change_the_facts_and_answer() -> None:
     assert apply_command(Forget(None), facts).startswith("Okay, I've forgotten everything")
     assert facts == {}
     assert apply_command(Recall(), facts) == "I don't know anything about you yet."
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("What's my name?", "Your name is Dee."),
+        ("Do you remember what my name is?", None),
+        ("Can you tell me where I live?", "You live in Perth."),
+        ("Where do we live?", "You live in Perth."),
+        ("What is my parrot called?", "Your parrot's name is Kiwi."),
+        ("What's my favorite drink?", "Your favourite drink is green tea."),
+        ("What instrument do I play?", "You play the cello."),
+        ("How many grandchildren do I have?", "You have four grandchildren."),
+        ("What is the capital of France?", None),
+        ("Where is my phone?", None),
+        ("How old am I?", None),
+    ],
+)
+def test_questions_about_remembered_facts_are_answered_from_memory(
+    question: str, answer: str | None
+) -> None:
+    facts = {
+        "name": "Dee",
+        "home": "Perth",
+        "parrot's name": "Kiwi",
+        "favourite drink": "green tea",
+        "plays": "the cello",
+        "number of grandchildren": "four grandchildren",
+    }
+    assert answer_question(question, facts) == answer
+
+
+def test_a_question_about_something_never_told_is_answered_only_when_asked_to() -> None:
+    assert answer_question("What is my name?", {}) is None
+    assert answer_question("What is my name?", {}, unknown=True) == (
+        "You haven't told me your name yet."
+    )
+    assert answer_question("Where do I live?", {"origin": "Oslo"}, unknown=True) == (
+        "You haven't told me where you live yet."
+    )

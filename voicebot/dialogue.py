@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from .config import Profile
 from .engines.base import Message
 from .followup import leans_on_previous, standalone
-from .memory import apply_command, extract, facts_prompt, learn, parse_command
+from .memory import (
+    answer_question,
+    apply_command,
+    extract,
+    facts_prompt,
+    learn,
+    parse_command,
+)
 
 __all__ = ["Dialogue", "Turn", "extract_facts", "facts_prompt"]
 
@@ -49,6 +56,8 @@ class Dialogue:
 
     FOLLOWUP_EXCHANGE = True
     """Without history, give a follow-up that cannot be rewritten the previous exchange."""
+    ANSWER_FROM_MEMORY = True
+    """Answer questions about remembered facts from memory (:meth:`answer_from_memory`)."""
 
     def __init__(
         self,
@@ -126,6 +135,18 @@ class Dialogue:
         prompt = self.profile.prompt()
         known = facts_prompt(self.facts)
         return f"{prompt} {known}".strip() if known else prompt
+
+    def answer_from_memory(self, *, unknown: bool = False) -> str | None:
+        """The answer to the last user turn when it asks about a remembered fact ("Where do I
+        live?" -> "You live in Lyon."): said as stored, not left to a small model.
+
+        Args:
+            unknown: Also answer for a fact never told ("You haven't told me your name
+                yet."); right only when the model sees no history that could hold it.
+        """
+        if not self.ANSWER_FROM_MEMORY or not self.turns or self.turns[-1].role != "user":
+            return None
+        return answer_question(self.turns[-1].text, self.facts, unknown=unknown)
 
     def standalone_question(self) -> str | None:
         """The last user turn rewritten to stand alone when it leans on the previous exchange.

@@ -41,6 +41,9 @@ _PRONOUNS = {"it", "its", "they", "them", "their", "there", "he", "she", "him", 
 _NOT_PROPER = _WH | _AUX_DO | _AUX_BE | _PRONOUNS | _DETERMINERS | _PREPOSITIONS
 _NOT_PROPER |= {"yes", "no", "sure", "well", "oh", "i", "i'm", "it's", "that", "there's", "hello"}
 """Capitalised at the start of a sentence, never a name."""
+_NOT_A_FRAGMENT = {"you", "yourself", "me", "that", "this", "i", "i'm", "i've", "we", "he"}
+_NOT_A_FRAGMENT |= {"she", "it", "they", "then", "so", "also", "now", "yes", "no", "thanks"}
+_NOT_A_FRAGMENT |= {"thank", "ok", "okay", "please", "there", "it's", "that's"}
 _WORD = re.compile(r"[\w'-]+|[^\w\s]")
 
 
@@ -259,7 +262,9 @@ def standalone(question: str, previous_question: str, previous_answer: str = "")
         match = _ELLIPSIS.match(text)
         fragment = _tokens(match.group("x")) if match else []
         fragment = [t for t in fragment if t != ","]
-        if not fragment or fragment[0].lower() in ("you", "yourself", "me", "that", "this"):
+        if not fragment or fragment[0].lower() in _NOT_A_FRAGMENT:
+            return None  # "And you?", "And I live in Paris.", "And then?": nothing to fill in
+        if fragment[0].lower() not in _WH and len(_words_only(fragment)) > 5:
             return None
         if fragment[0].lower() not in _WH:
             rewritten = _ellipsis(fragment, previous)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 __all__ = [
     "Forget",
     "Recall",
+    "answer_question",
     "apply_command",
     "describe_fact",
     "extract",
@@ -311,7 +312,20 @@ _OCCUPATIONS = set(
     """.split()
 )
 """Jobs recognised after "I'm a": other nouns there ("I'm a big fan") are not jobs."""
-_PRONOUN_OBJECTS = {"you", "it", "that", "this", "them", "him", "her", "those", "these", "me"}
+_PRONOUN_OBJECTS = {
+    "you",
+    "your",
+    "yours",
+    "it",
+    "that",
+    "this",
+    "them",
+    "him",
+    "her",
+    "those",
+    "these",
+}
+_PRONOUN_OBJECTS |= {"me", "myself"}
 _PREPOSITION_CUT = re.compile(
     r"\s+(?:at|in|on|with|for|from|since|during|to|every|each|because|when|while)\b.*$",
     re.IGNORECASE,
@@ -847,3 +861,126 @@ def forget_reply(command: Forget | None, *, had: bool) -> str:
     if not had:
         return "I didn't have that stored anyway."
     return f"Okay, I've forgotten {command.what}."
+
+
+# --- questions about the user, answered from what is remembered ---------------------------------
+
+_QUESTION_NOISE = re.compile(
+    r"^(?:(?:and|so|ok|okay|hey|please|now|then|well|quick question)\b,?\s*)*"
+    r"(?:(?:do|did) you (?:remember|know|recall)|can you (?:tell me|remind me)|"
+    r"(?:tell|remind) me|could you tell me|i forgot)?,?\s*",
+    re.IGNORECASE,
+)
+_ABOUT_USER: list[tuple[re.Pattern[str], tuple[str, ...], str]] = [
+    (
+        _r(
+            r"^(?:what(?: is|'s) my name|who am i|my name|what am i called|"
+            r"what (?:should|do|can|will|would) you call me|"
+            r"what (?:do|does) (?:people|they|my \w+|everyone|everybody|folks) call me)$"
+        ),
+        ("name",),
+        "your name",
+    ),
+    (
+        _r(
+            r"^(?:where do (?:i|we) live|where (?:am i|are we) living|"
+            r"where(?: is|'s) (?:my|our) home|"
+            r"(?:which|what) (?:city|town|country|place) do (?:i|we) live in|"
+            r"where did (?:i|we) move(?: to)?|where i live)$"
+        ),
+        ("home",),
+        "where you live",
+    ),
+    (_r(r"^(?:where am i from|where do i come from)$"), ("origin", "birthplace", "grew up"), ""),
+    (_r(r"^(?:where was i born)$"), ("birthplace",), "where you were born"),
+    (_r(r"^(?:where did i grow up)$"), ("grew up",), ""),
+    (_r(r"^(?:how old am i|what(?: is|'s) my age|my age)$"), ("age",), "your age"),
+    (
+        _r(
+            r"^(?:what(?: is|'s) my (?:job|occupation|profession|line of work)|what do i do"
+            r"(?: for (?:a living|work))?|what do i work as)$"
+        ),
+        ("job", "workplace", "teaches"),
+        "what you do",
+    ),
+    (_r(r"^(?:where do i work)$"), ("workplace", "job"), ""),
+    (_r(r"^(?:what am i allergic to|what(?: is|'s|are) my allerg(?:y|ies))$"), ("allergies",), ""),
+    (_r(r"^(?:when is my birthday|when was i born)$"), ("birthday",), ""),
+]
+_VERB_KEYS = {
+    "teach": "teaches",
+    "study": "studies",
+    "play": "plays",
+    "drive": "car",
+    "speak": "languages",
+    "like": "likes",
+    "love": "likes",
+    "enjoy": "likes",
+    "hate": "dislikes",
+    "dislike": "dislikes",
+}
+_WHAT_DO_I = re.compile(
+    r"^(?:what|which) (?:(?P<noun>[a-z]+) )?do (?:i|we) (?P<verb>[a-z]+)$", re.IGNORECASE
+)
+_WHAT_IS_MY = re.compile(
+    r"^(?:what|who)(?: is|'s| are) (?:my|our) (?P<k>[a-z' ]+?)(?: called| named| name)?$",
+    re.IGNORECASE,
+)
+_HOW_MANY = re.compile(r"^how many (?P<k>[a-z]+) do (?:i|we) have$", re.IGNORECASE)
+
+
+def _lookup(keys: tuple[str, ...], facts: dict[str, str]) -> tuple[str, str] | None:
+    for key in keys:
+        if key in facts:
+            return key, facts[key]
+    return None
+
+
+def _said(key: str, value: str) -> str:
+    text = describe_fact(key, value)
+    return f"{text[:1].upper()}{text[1:]}."
+
+
+def answer_question(text: str, facts: dict[str, str], *, unknown: bool = False) -> str | None:
+    """The answer to a question about the user ("Where do I live?") from ``facts``.
+
+    Args:
+        text: What the user asked.
+        facts: What is remembered.
+        unknown: Also answer a question about something not remembered ("You haven't told me
+            where you live."); only right when the model sees no history that could hold it.
+
+    Returns:
+        ``None`` when ``text`` is not such a question (or asks for something not remembered
+        and ``unknown`` is off): the chat model answers it.
+    """
+    plain = text.replace("\u2019", "'").strip()
+    if not plain.endswith("?") and not _QUESTION_START.match(plain):
+        return None
+    question = _QUESTION_NOISE.sub("", plain.rstrip(" ?.!")).strip().lower()
+    question = re.sub(
+        r"\s+", " ", question.replace("favorite", "favourite").replace("color", "colour")
+    )
+    for pattern, keys, missing in _ABOUT_USER:
+        if pattern.match(question):
+            found = _lookup(keys, facts)
+            if found is not None:
+                return _said(*found)
+            return f"You haven't told me {missing} yet." if unknown and missing else None
+    match = _WHAT_DO_I.match(question)
+    if match:
+        noun = (match.group("noun") or "").rstrip("s")
+        keys = tuple(k for k in (_VERB_KEYS.get(match.group("verb")), noun, noun + "s") if k)
+        found = _lookup(keys, facts)
+        return _said(*found) if found is not None else None
+    match = _WHAT_IS_MY.match(question)
+    if match:
+        thing = match.group("k").strip().removesuffix("'s")
+        keys = (thing, f"{thing}'s name", thing.rstrip("s"), f"{thing}s")
+        found = _lookup(keys, facts)
+        return _said(*found) if found is not None else None
+    match = _HOW_MANY.match(question)
+    if match:
+        found = _lookup((f"number of {match.group('k')}",), facts)
+        return _said(*found) if found is not None else None
+    return None

@@ -145,15 +145,15 @@ class Responder:
         def stopper() -> bool:
             return cancel.is_set() or llm_stop.is_set()
 
-        if (
-            dialogue.direct_reply is not None
-            and dialogue.turns[-1:]
-            and (dialogue.turns[-1].role == "user")
-        ):
-            # A memory command ("forget where I live"): the dialogue has the answer.
-            await self._respond_fixed(
-                dialogue.direct_reply, turn_id, emit, cancel, speak, outcome, t0
+        fixed = None
+        if dialogue.turns[-1:] and dialogue.turns[-1].role == "user":
+            # A memory command ("forget where I live") or a question about a remembered fact
+            # ("where do I live?"): the dialogue has the answer.
+            fixed = dialogue.direct_reply or dialogue.answer_from_memory(
+                unknown=self.history_turns == 0
             )
+        if fixed is not None:
+            await self._respond_fixed(fixed, turn_id, emit, cancel, speak, outcome, t0)
             return outcome
         messages = await llm_worker.run(
             dialogue.messages,
