@@ -10,8 +10,10 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 
 from voicebot.config import Settings, SkillSettings
 from voicebot.engines import Engines
@@ -21,6 +23,7 @@ from voicebot.events import FactsChanged, ReplyDone
 from voicebot.protocol import FactsMessage, ForgetFactMessage, encode_event, parse_text_frame
 from voicebot.session import Session
 from voicebot.store import Store
+from voicebot.transports.websocket import VoiceServer
 
 from .conftest import Recorder
 
@@ -145,3 +148,53 @@ async def test_memory_commands_pass_the_skill_router(settings: Settings) -> None
         "I don't know anything about you yet.",
     ]
     await session.close()
+
+
+# --- over the websocket ------------------------------------------------------------------------
+
+
+async def test_the_server_sends_facts_and_forgets_one_on_request(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = replace(no_skills(settings), server=replace(settings.server, port=0))
+    store = Store(settings.database_path())
+    server = VoiceServer(engines(FakeChat(["Nice."])), settings, store, web_dir=tmp_path)
+    await server.start()
+    try:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        async with connect(url, open_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            ready = await next_frame(ws, "ready")
+            await ws.send(json.dumps({"type": "facts"}))
+            assert (await next_frame(ws, "facts"))["facts"] == []
+            await ws.send(json.dumps({"type": "text", "text": "I'm Ada. I live in Lyon."}))
+            facts = await next_frame(ws, "facts")
+            assert [f["key"] for f in facts["facts"]] == ["name", "home"]
+            assert facts["facts"][1]["text"] == "you live in Lyon"
+            await next_frame(ws, "reply_done")
+            await ws.send(json.dumps({"type": "forget_fact", "key": "home"}))
+            assert [f["key"] for f in (await next_frame(ws, "facts"))["facts"]] == ["name"]
+        async with connect(url, open_timeout=5) as ws:  # resumed: the facts come after ready
+            cid = ready["conversation_id"]
+            await ws.send(
+                json.dumps({"type": "start", "sample_rate": 16000, "conversation_id": cid})
+            )
+            await next_frame(ws, "ready")
+            assert (await next_frame(ws, "facts"))["facts"] == [
+                {"key": "name", "value": "Ada", "text": "your name is Ada"}
+            ]
+            await ws.send(json.dumps({"type": "forget_fact", "all": True}))
+            assert (await next_frame(ws, "facts"))["facts"] == []
+        assert store.facts(cid) == {}
+    finally:
+        await asyncio.wait_for(server.close(), 10)
+        store.close()
+
+
+async def next_frame(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            frame = await ws.recv()
+            if isinstance(frame, str) and json.loads(frame)["type"] == kind:
+                event: dict[str, Any] = json.loads(frame)
+                return event
