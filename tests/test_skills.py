@@ -909,3 +909,35 @@ def test_a_satellite_hears_the_servers_timers() -> None:
         TimerCancelled("b", "", 5.0),
         TimerDismissed("a", "tea", 60.0),
     ]
+
+
+async def test_a_timer_that_ended_with_nobody_there_rings_when_the_conversation_opens(
+    settings: Settings, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    store = Store(tmp_path / "s.db")
+    timers = TimerService(store, clock=clock)
+    skills = SkillRouter(timers=timers, clock=clock)
+    cid = store.create_conversation("default")
+    await timers.add(cid, 60, "bread")
+    clock.advance(90)
+    assert len(await timers.check()) == 1  # the tab was closed: nobody heard it
+    recorder = Signalling()
+    session = Session(
+        engines(), settings, sink=recorder, store=store, skills=skills, conversation_id=cid
+    )
+    await session.start(greet=True)
+    async with asyncio.timeout(10):
+        await recorder.until_said("Your bread timer is done.")
+    assert [e.name for e in recorder.of(TimerFinished)] == ["bread"]
+    assert "Hi, I'm Nova. What can I do for you?" not in recorder.texts(ReplyDone)
+    await session.close()
+    clock.advance(300)  # long past: a conversation opened now does not ring
+    later = Recorder()
+    session = Session(
+        engines(), settings, sink=later, store=store, skills=skills, conversation_id=cid
+    )
+    await session.start()
+    assert later.of(TimerFinished) == []
+    await session.close()
+    store.close()

@@ -235,8 +235,9 @@ def _cmd_reply(args: argparse.Namespace) -> int:
 
 def _cmd_text(args: argparse.Namespace) -> int:
     from .engines import Engines, load_llm, make_vad_factory
-    from .events import ErrorEvent, ReplyDone, ReplyText
+    from .events import ErrorEvent, ReplyDone, ReplyText, TimerFinished
     from .session import Session
+    from .skills import SkillRouter, TimerService
 
     settings = _settings(args)
     store = _open_store(settings)
@@ -266,10 +267,19 @@ def _cmd_text(args: argparse.Namespace) -> int:
             print(flush=True)
         elif isinstance(event, ErrorEvent):
             print(f"\n[error: {event.message}]", file=sys.stderr, flush=True)
+        elif isinstance(event, TimerFinished):
+            print(f"\a\n{name}: ", end="", flush=True)  # the terminal's bell, then its words
 
     async def run() -> None:
+        timers = TimerService(store)
+        await timers.start()
         session = Session(
-            engines, settings, sink=sink, store=store, conversation_id=args.conversation
+            engines,
+            settings,
+            sink=sink,
+            store=store,
+            conversation_id=args.conversation,
+            skills=SkillRouter(settings.skills, timers=timers) if settings.skills.enabled else None,
         )
         cid = await session.start()
         print(
@@ -296,6 +306,7 @@ def _cmd_text(args: argparse.Namespace) -> int:
             await session.send_text(text)
             await session.wait_idle()
         await session.close()
+        await timers.close()
 
     try:
         asyncio.run(run())

@@ -71,6 +71,8 @@ __all__ = ["ReplyOutcome", "Responder", "Session", "Sink"]
 _LOGGER = logging.getLogger(__name__)
 
 _VAD_RATE_HZ = 16000
+_MISSED_TIMER_S = 300.0
+"""A timer that ended at most this long before the conversation opened still rings in it."""
 _REPLY_STAGES = ("llm_first_token", "first_piece", "first_audio", "llm_done")
 """Metrics the responder measures (from the reference time it is given)."""
 
@@ -706,6 +708,10 @@ class Session:
         for timer in timers.running(self._timer_key):
             remaining = timers.remaining_s(timer)
             await self._emit(TimerStarted(timer.id, timer.name, timer.seconds, remaining))
+        # One that ended lately with nobody to hear it (the page was closed, the server was
+        # down) rings now; the greeting then gives way to it.
+        for timer in timers.ringing(self._timer_key, within_s=_MISSED_TIMER_S):
+            await self._on_timer(TimerFinished(timer.id, timer.name, timer.seconds))
 
     async def _on_timer(self, event: TimerEvent) -> None:
         """A timer of the conversation changed; one that ended is said out loud."""

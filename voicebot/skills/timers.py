@@ -124,9 +124,16 @@ class TimerService:
         timers = [t for t in self._running.values() if t.conversation_id == conversation_id]
         return sorted(timers, key=lambda t: (t.ends_at, t.started_at))
 
-    def ringing(self, conversation_id: str) -> list[Timer]:
-        """The conversation's finished timers that still ring."""
-        return [t for t in self._ringing.values() if t.conversation_id == conversation_id]
+    def ringing(self, conversation_id: str, *, within_s: float | None = None) -> list[Timer]:
+        """The conversation's finished timers that still ring (those that ended at most
+        ``within_s`` ago, when given)."""
+        now = self.clock()
+        return [
+            t
+            for t in self._ringing.values()
+            if t.conversation_id == conversation_id
+            and (within_s is None or now - t.ends_at <= within_s)
+        ]
 
     async def add(self, conversation_id: str, seconds: float, name: str = "") -> Timer:
         """Set a timer.

@@ -657,6 +657,7 @@ def play_blocking(pcm: bytes, sample_rate_hz: int, *, device: str | int | None =
 
 def with_timer_chime(speaker: SpeakerSink) -> Callable[[Event], Awaitable[None]]:
     """The speaker as a session sink, plus a chime when a timer ends (before it is named)."""
+
     async def sink(event: Event) -> None:
         if isinstance(event, TimerFinished):
             speaker.play(cue("timer", 22050), 22050)
