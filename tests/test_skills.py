@@ -172,6 +172,11 @@ ROUTED: list[tuple[str, str]] = [
     ("Cancel all timers.", "HassCancelAllTimers"),
     ("Cancel all my timers.", "HassCancelAllTimers"),
     ("Cancel all of my timers.", "HassCancelAllTimers"),
+    ("Add 5 minutes to the timer.", "HassIncreaseTimer"),
+    ("Add five minutes to the pasta timer.", "HassIncreaseTimer"),
+    ("Increase the timer by 10 minutes.", "HassIncreaseTimer"),
+    ("Take 2 minutes off the timer.", "HassDecreaseTimer"),
+    ("Remove 30 seconds from my timer.", "HassDecreaseTimer"),
     # stop, never mind, repeat
     ("Stop.", "VoicebotStop"),
     ("stop", "VoicebotStop"),
@@ -530,6 +535,39 @@ async def test_timers_start_list_cancel_finish(tmp_path: Path) -> None:
     assert await say("Set a timer for 2 minutes") == "Timer set for 2 minutes."
     assert await say("Cancel all timers.") == "Cancelled 2 timers."
     assert timers.running("c1") == []
+    store.close()
+
+
+async def test_a_timer_is_lengthened_and_shortened(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = Store(tmp_path / "t.db")
+    timers = TimerService(store, clock=clock)
+    heard: list[object] = []
+
+    async def listener(event: object) -> None:
+        heard.append(event)
+
+    timers.subscribe("c", listener)
+    router = SkillRouter(timers=timers, clock=clock)
+
+    async def say(text: str) -> str:
+        reply = await router.route(text, conversation_id="c")
+        assert reply is not None, text
+        return reply.text
+
+    assert await say("Add 5 minutes to the timer.") == "You have no timers running."
+    await say("Set a timer for 10 minutes for the pasta.")
+    clock.advance(60)
+    assert await say("Add five minutes to the pasta timer.") == (
+        "Your pasta timer now has 14 minutes left."
+    )
+    assert await say("Take 2 minutes off the timer.") == "Your pasta timer now has 12 minutes left."
+    assert heard[-1] == TimerStarted(heard[0].timer_id, "pasta", 780.0, 720.0)  # type: ignore[attr-defined]
+    assert [t.ends_at - NOW for t in store.timers()] == [780.0]
+    assert await say("Take 20 minutes off the timer.") == (
+        "Your pasta timer now has less than a second left."
+    )
+    assert [t.name for t in await timers.check()] == ["pasta"]
     store.close()
 
 

@@ -256,6 +256,15 @@ class Store:
         )
         return bool(rows)
 
+    def change_timer(self, timer_id: str, seconds: float, ends_at: float) -> bool:
+        """Lengthen or shorten a running timer; False when it was not running."""
+        rows = self._run(
+            "UPDATE timers SET seconds = ?, ends_at = ? WHERE id = ? AND state = 'running' "
+            "RETURNING id",
+            (seconds, ends_at, timer_id),
+        )
+        return bool(rows)
+
     def timers(
         self, *, state: str = "running", conversation_id: str | None = None
     ) -> list[TimerRecord]:

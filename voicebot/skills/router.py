@@ -44,6 +44,8 @@ HOME_ASSISTANT_INTENTS = (
     "HassCancelTimer",
     "HassCancelAllTimers",
     "HassTimerStatus",
+    "HassIncreaseTimer",
+    "HassDecreaseTimer",
     "HassNevermind",
 )
 """The intents taken from ``home-assistant-intents``; its others (lights, media...) are not."""
@@ -218,7 +220,7 @@ class SkillRouter:
             return evaluate(str(found.slots.get("a") or "")) is not None
         if found.intent == "VoicebotArithmetic":
             return _operands(found) is not None
-        if found.intent == "HassStartTimer":
+        if found.intent in ("HassStartTimer", "HassIncreaseTimer", "HassDecreaseTimer"):
             return _duration_s(found.slots) > 0
         return True
 
@@ -305,6 +307,22 @@ class SkillRouter:
                 return SkillReply(f"Your {_describe(timer)} has {left} left.", intent)
             parts = [f"{_describe(t)}, {format_duration(timers.remaining_s(t))}" for t in chosen]
             return SkillReply(f"You have {len(chosen)} timers: " + "; ".join(parts) + ".", intent)
+        if intent in ("HassIncreaseTimer", "HassDecreaseTimer"):
+            delta = _duration_s(found.slots)
+            chosen = _select(running, found.slots)
+            if not chosen:
+                if running:
+                    return SkillReply("You have no timer by that name.", intent)
+                return SkillReply("You have no timers running.", intent)
+            if len(chosen) > 1:
+                names = _join([_describe(t) for t in chosen])
+                return SkillReply(f"You have {len(chosen)} timers: {names}. Which one?", intent)
+            sign = 1 if intent == "HassIncreaseTimer" else -1
+            changed = await timers.change(chosen[0], sign * delta)
+            if changed is None:
+                return SkillReply("That timer has just ended.", intent)
+            left = format_duration(timers.remaining_s(changed))
+            return SkillReply(f"Your {_describe(chosen[0])} now has {left} left.", intent)
         if intent == "HassCancelAllTimers":
             for timer in running:
                 await timers.cancel(timer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -169,6 +170,26 @@ class TimerService:
                 timer.conversation_id, TimerCancelled(timer.id, timer.name, timer.seconds)
             )
         return ended
+
+    async def change(self, timer: Timer, delta_s: float) -> Timer | None:
+        """Add ``delta_s`` seconds to a running timer (take them off when negative).
+
+        Returns:
+            The changed timer (its length too), or ``None`` when it was no longer running.
+            Taking off more than is left ends it now.
+        """
+        now = self.clock()
+        ends_at = max(now, timer.ends_at + delta_s)
+        seconds = max(1.0, timer.seconds + (ends_at - timer.ends_at))
+        if not await asyncio.to_thread(self.store.change_timer, timer.id, seconds, ends_at):
+            self._running.pop(timer.id, None)
+            return None
+        changed = dataclasses.replace(timer, seconds=seconds, ends_at=ends_at)
+        self._running[timer.id] = changed
+        self._changed.set()
+        event = TimerStarted(timer.id, timer.name, seconds, max(0.0, ends_at - now))
+        await self._tell(timer.conversation_id, event)
+        return changed
 
     async def dismiss(self, conversation_id: str) -> list[Timer]:
         """Stop the ringing of the conversation's finished timers; returns them."""
