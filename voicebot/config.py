@@ -88,15 +88,15 @@ class SegmenterSettings:
     """Silence that ends a turn whose words sound unfinished ("I want to"): an end-of-turn
     probability under ``end_of_turn_unlikely_probability``. The longest pause a user can make
     inside a sentence without being cut off; at most ``end_of_turn_silence_ms`` disables it."""
-    end_of_turn_likely_probability: float = 0.3
-    """End-of-turn probability (0-1) from which the words count as a finished turn. Measured
-    with the default engine (llama.cpp, SmolLM2-135M) on 32 typed development phrases, not the
-    benchmark's recordings: 6 of 16 finished sentences and 1 of 16 fragments reach 0.3."""
-    end_of_turn_unlikely_probability: float = 0.001
+    end_of_turn_likely_probability: float = 0.05
+    """End-of-turn probability (0-1) from which the words count as a finished turn. Set with
+    the default engine (llama.cpp, SmolLM2-135M, which scores how likely the words end a
+    sentence) on 32 typed development phrases, not on the benchmark's recordings: 14 of 16
+    finished sentences reach it, no fragment does (the highest, "And then.", 0.003)."""
+    end_of_turn_unlikely_probability: float = 0.005
     """End-of-turn probability (0-1) under which the words count as an unfinished turn. Same
-    measurement: 7 of 16 fragments ("Tell me about the.", "Set a timer for.") fall under
-    0.001, no finished sentence does (the lowest, "I live in Berlin.", 0.0015): an untrained
-    model separates fragments that end on a function word, not every fragment."""
+    phrases: every fragment falls under it ("Tell me about the.", "I was wondering if."), no
+    finished sentence does (the lowest, "Thank you.", 0.007)."""
     speculative_after_ms: int = 200
     """Silence after which transcription starts, before the end of turn is certain."""
     max_utterance_s: float = 20.0

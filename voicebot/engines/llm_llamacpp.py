@@ -187,6 +187,7 @@ class LlamaCppChat:
         self.prefill_chunk = self._check_prefill()
         """Prompt tokens read per llama_decode call (verified at load)."""
         self._end_token = self._end_of_turn_token()
+        self._ends: np.ndarray[Any, np.dtype[np.intp]] | None = None  # made on first use
         _LOGGER.info(
             "chat model %s with llama.cpp (%d threads, prompt chunks of %d)",
             path,
@@ -356,23 +357,46 @@ class LlamaCppChat:
             if rest and not cancel.is_set():
                 yield rest
 
-    def end_of_turn_probability(self, messages: Sequence[Message]) -> float:
-        """Probability the model gives its end-of-message token right after the last message.
+    def _sentence_end_tokens(self) -> np.ndarray[Any, np.dtype[np.intp]]:
+        """Tokens that end a sentence: those starting with ``.``, ``?`` or ``!`` (not an
+        ellipsis, which trails off), and the end-of-message token."""
+        ends = {self._end_token}
+        for token in range(self._n_vocab):
+            piece = self._piece(token)
+            if piece[:1] in (b".", b"?", b"!") and not piece.startswith(b".."):
+                ends.add(token)
+        return np.fromiter(sorted(ends), dtype=np.intp)
 
-        The last message is the user's (possibly unfinished) words. The tokens read stay in
-        the cache, so a reply to the same words that follows reads only the generation prompt.
+    def end_of_turn_probability(self, messages: Sequence[Message]) -> float:
+        """Probability that the last message, the user's words, is a finished sentence.
+
+        The words are read without the punctuation Whisper put after them (it puts a full stop
+        after fragments too: "I want to."), and the probability is the share of the model's
+        next-token distribution on ending the sentence (a ``.``, ``?`` or ``!`` token) or the
+        message. An instruct model that was never trained as a turn detector judges grammar
+        well this way; its bare end-of-message probability mixes in whether more sentences
+        follow. On 32 typed development phrases with the default profile's prompt, finished
+        sentences scored 0.007-0.70 and fragments at most 0.003 ("And then."); the bare
+        end-of-message probability overlapped (finished 0.0015-0.72, fragments up to 0.37).
+        The tokens read stay in the cache, so a reply that follows reads only a few more.
         """
         if not messages:
             return 1.0
+        text = messages[-1]["content"].strip()
+        if text.endswith(("...", "\u2026")):
+            return 0.0  # Whisper's sign of speech trailing off
+        words = text.rstrip(".?!\u3002 ")
+        if not words:
+            return 1.0
         marker = "\u2063voicebot\u2063"
-        text = messages[-1]["content"].rstrip()
         last: Message = {"role": messages[-1]["role"], "content": marker}
         rendered = self._render([*messages[:-1], last], generation_prompt=False)
-        prefix = rendered.split(marker, 1)[0] + text
-        tokens = self._tokenize(prefix)
+        tokens = self._tokenize(rendered.split(marker, 1)[0] + words)
         with self._lock:
+            if self._ends is None:
+                self._ends = self._sentence_end_tokens()
             self._prefill(tokens)
             logits = self._logits().astype(np.float64)
         logits -= logits.max()
         probabilities = np.exp(logits)
-        return float(probabilities[self._end_token] / probabilities.sum())
+        return float(probabilities[self._ends].sum() / probabilities.sum())
