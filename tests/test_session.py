@@ -576,7 +576,7 @@ async def test_a_preemptive_reply_is_discarded_when_the_user_goes_on(
     llm = CancelRecordingChat(
         ["One two three four five six seven eight.", "A joke."],
         token_delay_s=0.1,
-        turn_end=lambda text: 0.2,
+        turn_end=lambda text: 0.01,
     )
     store = Store(tmp_path / "store.db")
     recorder = Recorder()
@@ -610,7 +610,7 @@ async def test_a_preemptive_reply_to_other_words_is_discarded_and_rebuilt(
     # transcript) keeps the preemptive reply; the final transcript, redone on the whole
     # utterance, has other words, so the reply is rebuilt on them.
     stt = FakeStt(["Tell me", "Tell me more"])
-    llm = CancelRecordingChat(["About what?", "More of what?"], turn_end=lambda text: 0.2)
+    llm = CancelRecordingChat(["About what?", "More of what?"], turn_end=lambda text: 0.01)
     recorder = Recorder()
     session = Session(fake_engines(stt, llm), settings, sink=recorder)
     pcm = tone(0.8) + silence(0.5, RATE) + tone(0.1) + silence(1.5, RATE)
@@ -629,7 +629,7 @@ async def test_a_confirmed_preemptive_reply_is_heard_without_asking_the_model_ag
 ) -> None:
     stt = FakeStt(["What is the capital of France?"])
     llm = CancelRecordingChat(
-        ["Paris is the capital of France."], token_delay_s=0.05, turn_end=lambda text: 0.2
+        ["Paris is the capital of France."], token_delay_s=0.05, turn_end=lambda text: 0.01
     )
     tts = FakeTts()
 

@@ -103,7 +103,7 @@ class FakeChat:
             replies: Replies returned in turn (the last repeats), or a function of the messages.
             token_delay_s: Time per streamed word.
             turn_end: End-of-turn probability of the user's last words (default: 1.0 after
-                ``. ? !``, else 0.1).
+                ``. ? !``, else 0.01).
         """
         self._replies = replies
         self._index = 0
@@ -122,7 +122,9 @@ class FakeChat:
         return sum(len(m["content"].split()) + 4 for m in messages)
 
     def end_of_turn_probability(self, messages: Sequence[Message]) -> float:
-        """1.0 when the user's last words end a sentence (``. ? !``), else 0.1.
+        """1.0 when the user's last words end a sentence (``. ? !``), else 0.01.
+
+        0.01 lies between the default thresholds: such words wait the middle silence.
 
         ``turn_end`` given to the constructor replaces this rule.
         """
@@ -130,7 +132,7 @@ class FakeChat:
         text = messages[-1]["content"].rstrip() if messages else ""
         if self._turn_end is not None:
             return self._turn_end(text)
-        return 1.0 if text.endswith((".", "?", "!")) and not text.endswith("...") else 0.1
+        return 1.0 if text.endswith((".", "?", "!")) and not text.endswith("...") else 0.01
 
     def stream(self, messages: Sequence[Message], cancel: threading.Event) -> Iterator[str]:
         """Yield the next reply word by word until done or cancelled."""
