@@ -183,6 +183,8 @@ class TtsSettings:
     """1.0 is the voice's natural pace; 1.2 is 20% faster."""
     use_cuda: bool = False
     """Run the voice on CUDA (needs onnxruntime-gpu)."""
+    threads: int = 0
+    """ONNX Runtime threads for the voice on the CPU; 0 for the physical core count."""
 
 
 @dataclass(frozen=True)

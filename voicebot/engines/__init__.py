@@ -330,6 +330,7 @@ def load_tts(
         speaker=settings.tts.speaker,
         speaking_rate=settings.tts.speaking_rate,
         use_cuda=settings.tts.use_cuda,
+        threads=settings.tts.threads,
     )
 
 
