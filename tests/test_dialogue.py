@@ -355,13 +355,17 @@ def test_forgetting_by_voice_holds_when_facts_are_learned_again_from_turns() -> 
 # --- follow-ups without history ------------------------------------------------------------
 
 
-def test_a_follow_up_is_rewritten_when_no_history_is_given() -> None:
+def test_a_follow_up_is_rewritten_and_gets_the_last_exchange_when_no_history_is_given() -> None:
     dialogue = Dialogue(PROFILE)
     dialogue.add_user("How many legs does a spider have?")
     dialogue.add_assistant("A spider has eight legs.")
     dialogue.add_user("And an ant?")
     messages = dialogue.messages(history_turns=0)
-    assert contents(messages)[1:] == ["How many legs does an ant have?"]
+    assert contents(messages)[1:] == [
+        "How many legs does a spider have?",
+        "A spider has eight legs.",
+        "How many legs does an ant have?",
+    ]
     assert [t.text for t in dialogue.turns][-1] == "And an ant?"  # the user's words are kept
     assert contents(dialogue.messages())[-1] == "And an ant?"  # history: the model sees it all
 

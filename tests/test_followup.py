@@ -53,6 +53,12 @@ from voicebot.followup import leans_on_previous, standalone
             "Where was Pablo Picasso born?",
         ),
         (
+            "Who wrote Don Quixote?",
+            "The Spanish writer Miguel de Cervantes wrote it.",
+            "When did he live?",
+            "When did Miguel de Cervantes live?",
+        ),
+        (
             "Who was Marie Curie?",
             "A scientist.",
             "What did she discover?",

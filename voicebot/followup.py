@@ -188,10 +188,15 @@ def _person(previous: list[str], answer: list[str]) -> list[str]:
     if len(body) > 2 and lowered[0] == "who" and lowered[1] in _AUX_BE:
         return body[2:]
     known = {t.lower() for t in body}
-    for start, stop in _proper_runs(["."] + answer):
-        run = (["."] + answer)[start:stop]
-        if not {t.lower() for t in run} <= known and run[0].lower() not in _NOT_PROPER:
-            return run
+    sentence = ["."] + answer
+    names = [sentence[start:stop] for start, stop in _proper_runs(sentence)]
+    named = [
+        run
+        for run in names
+        if not {t.lower() for t in run} <= known and run[0].lower() not in _NOT_PROPER
+    ]
+    if named:  # a full name ("William Shakespeare") before a lone capitalised word ("French")
+        return next((run for run in named if len(run) > 1), named[0])
     runs = _proper_runs(body)
     return body[runs[-1][0] : runs[-1][1]] if runs else []
 
