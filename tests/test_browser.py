@@ -481,3 +481,66 @@ async def test_page_reconnects_and_resumes_after_the_server_restarts(
             conversation_id
         )
         assert browser.page_errors == []
+
+
+async def test_a_timer_counts_down_rings_and_stops_in_the_browser(
+    settings: Settings, store: Store
+) -> None:
+    from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad
+
+    engines = Engines(
+        stt=FakeStt(["unused"]),
+        llm=FakeChat(["The model answered."]),
+        tts=FakeTts(sample_rate_hz=22050),
+        vad_factory=FakeVad,
+    )
+    async with (
+        asyncio.timeout(120),
+        running_server(engines, settings, store) as server,
+        chromium([]) as browser,
+    ):
+        page = browser.page
+        await page.goto(page_url(server), timeout=STEP_MS)
+        timers = page.locator("#timer-list .timer")
+        await page.fill("#text", "Set a timer for 3 seconds for the tea.")
+        await page.press("#text", "Enter")
+        await expect(timers).to_have_count(1, timeout=STEP_MS)  # a second message would cut it
+        await page.fill("#text", "Set a timer for ten minutes.")
+        await page.press("#text", "Enter")
+        await expect(timers).to_have_count(2, timeout=STEP_MS)
+        await expect(timers.first.locator(".timer-name")).to_have_text("tea")
+        await expect(timers.nth(1).locator(".timer-left")).to_have_text(
+            re.compile(r"^(10:00|9:5\d)$")
+        )
+        shown = (await browser.hook())["timers"]
+        assert [(t["name"], t["seconds"]) for t in shown] == [("tea", 3.0), ("", 600.0)]
+        assert 0 < shown[0]["remaining_s"] <= 3.0
+        # It ends: the page rings (a beep loop) and says which timer.
+        await browser.wait_for(
+            "() => window.voicebotTest.ringing && window.voicebotTest.beeps >= 3"
+        )
+        await expect(timers.first).to_have_class(re.compile(r"ringing"))
+        await expect(timers.first.locator(".timer-left")).to_have_text("Done!")
+        await expect(
+            page.locator(".msg.bot .text", has_text="Your tea timer is done.")
+        ).to_have_count(1)
+        stop = page.locator("#stop-ringing")
+        await expect(stop).to_be_visible()
+        await stop.click()
+        await browser.wait_for("() => !window.voicebotTest.ringing")
+        await expect(timers).to_have_count(1)
+        await expect(stop).to_be_hidden()
+        await browser.wait_for(
+            "() => window.voicebotTest.events.some((e) => e.type === 'timer_dismissed')"
+        )
+        dismissed = await browser.events("timer_dismissed")
+        assert [e["name"] for e in dismissed] == ["tea"]
+        # A reload of the page gets the running timer back from the server.
+        await page.reload()
+        await page.fill("#text", "How much time is left?")
+        await page.press("#text", "Enter")
+        await expect(timers).to_have_count(1, timeout=STEP_MS)
+        await expect(
+            page.locator(".msg.bot .text", has_text="Your 10 minute timer has")
+        ).to_have_count(1)
+        assert not browser.page_errors and not browser.console_errors

@@ -46,6 +46,9 @@ const STAGES = [
  *   replyStarts   {turn_id: AudioContext time at which that spoken turn's reply starts}
  *   heardMs       {turn_id: end of the user's speech to the reply heard, in ms}
  *   outputPeak    the loudest sample seen on the playback output (0..1), by an AnalyserNode
+ *   timers        the timers shown: [{id, name, seconds, remaining_s, ringing}]
+ *   ringing       true while the ring (a WebAudio beep loop) sounds
+ *   beeps         beeps rung so far
  */
 const TEST_MODE = new URLSearchParams(location.search).has("test");
 const testHook = {
@@ -66,6 +69,19 @@ const testHook = {
   get currentTime() {
     return app.ctx ? app.ctx.currentTime : 0;
   },
+  get timers() {
+    return [...app.timers.values()].map((t) => ({
+      id: t.id,
+      name: t.name,
+      seconds: t.seconds,
+      remaining_s: timerRemainingS(t),
+      ringing: t.ringing,
+    }));
+  },
+  get ringing() {
+    return app.ring.timer !== 0;
+  },
+  beeps: 0,
 };
 if (TEST_MODE) window.voicebotTest = testHook;
 
@@ -88,6 +104,9 @@ const ui = {
   text: $("text"),
   conversationLabel: $("conversation-label"),
   latencyLabel: $("latency-label"),
+  timers: $("timers"),
+  timerList: $("timer-list"),
+  stopRinging: $("stop-ringing"),
   memory: $("memory"),
   factList: $("fact-list"),
 };
@@ -124,7 +143,12 @@ const app = {
   shownConversation: null, // the conversation whose turns the log shows
   bubbles: new Map(), // "session:turn:role" -> <li>
   cut: new Set(), // keys of interrupted bot bubbles
+  timers: new Map(), // id -> {id, name, seconds, endsAt (performance.now() ms), ringing, item}
+  timerTick: 0, // interval updating the countdowns
+  ring: { timer: 0, stopAt: 0 }, // the beep loop while a finished timer rings
 };
+const RING_MAX_MS = 5 * 60 * 1000; // a ring nobody stops ends by itself
+const RING_PERIOD_MS = 1200;
 
 // ------------------------------------------------------------------------------ status
 
@@ -433,6 +457,135 @@ function stopPlayback() {
   app.play.sources.clear();
   app.play.next = 0;
   updateButtons();
+}
+
+// ------------------------------------------------------------------------------ timers
+
+function timerRemainingS(timer) {
+  return timer.ringing ? 0 : Math.max(0, (timer.endsAt - performance.now()) / 1000);
+}
+
+function formatCountdown(seconds) {
+  const total = Math.ceil(seconds);
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = String(total % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+}
+
+function timerLabel(timer) {
+  if (timer.name) return timer.name;
+  return `${formatCountdown(timer.seconds)} timer`;
+}
+
+function renderTimers() {
+  for (const timer of app.timers.values()) {
+    const left = timer.item.querySelector(".timer-left");
+    left.textContent = timer.ringing ? "Done!" : formatCountdown(timerRemainingS(timer));
+    timer.item.classList.toggle("ringing", timer.ringing);
+  }
+  ui.timers.hidden = app.timers.size === 0;
+  ui.stopRinging.hidden = app.ring.timer === 0;
+  const counting = [...app.timers.values()].some((t) => !t.ringing);
+  if (counting && !app.timerTick) app.timerTick = setInterval(renderTimers, 250);
+  if (!counting && app.timerTick) {
+    clearInterval(app.timerTick);
+    app.timerTick = 0;
+  }
+}
+
+function onTimerStarted(message) {
+  let timer = app.timers.get(message.id);
+  if (!timer) {
+    const item = document.createElement("li");
+    item.className = "timer";
+    item.dataset.timerId = message.id;
+    const name = document.createElement("span");
+    name.className = "timer-name";
+    const left = document.createElement("span");
+    left.className = "timer-left";
+    item.append(name, left);
+    ui.timerList.append(item);
+    timer = { id: message.id, item, ringing: false };
+    app.timers.set(message.id, timer);
+  }
+  timer.name = message.name || "";
+  timer.seconds = message.seconds;
+  timer.endsAt = performance.now() + message.remaining_s * 1000;
+  timer.item.querySelector(".timer-name").textContent = timerLabel(timer);
+  renderTimers();
+}
+
+function onTimerFinished(message) {
+  if (!app.timers.has(message.id)) onTimerStarted({ ...message, remaining_s: 0 });
+  app.timers.get(message.id).ringing = true;
+  // The announcement that follows is a turn-0 reply of its own, not part of the greeting's
+  // (nor dropped as the rest of a greeting that was cut).
+  app.bubbles.delete(bubbleKey(0, "bot"));
+  app.cut.delete(bubbleKey(0, "bot"));
+  startRinging();
+  renderTimers();
+}
+
+function removeTimer(id) {
+  const timer = app.timers.get(id);
+  if (timer) {
+    timer.item.remove();
+    app.timers.delete(id);
+  }
+  if (![...app.timers.values()].some((t) => t.ringing)) stopRinging();
+  renderTimers();
+}
+
+function beep(ctx, at, hz) {
+  const osc = ctx.createOscillator();
+  const gain = ctx.createGain();
+  osc.frequency.value = hz;
+  gain.gain.setValueAtTime(0, at);
+  gain.gain.linearRampToValueAtTime(0.3, at + 0.01);
+  gain.gain.setValueAtTime(0.3, at + 0.13);
+  gain.gain.linearRampToValueAtTime(0, at + 0.15);
+  osc.connect(gain).connect(playbackOutput(ctx));
+  osc.start(at);
+  osc.stop(at + 0.16);
+  testHook.beeps += 1;
+}
+
+function ringOnce() {
+  if (performance.now() > app.ring.stopAt) {
+    stopRinging();
+    renderTimers();
+    return;
+  }
+  const ctx = ensureAudioContext();
+  if (!ctx) return;
+  if (ctx.state === "suspended") ctx.resume().catch(() => {});
+  const at = ctx.currentTime + 0.02;
+  beep(ctx, at, 880);
+  beep(ctx, at + 0.2, 1175);
+  beep(ctx, at + 0.4, 1568);
+}
+
+function startRinging() {
+  app.ring.stopAt = performance.now() + RING_MAX_MS;
+  if (app.ring.timer) return;
+  ringOnce();
+  app.ring.timer = setInterval(ringOnce, RING_PERIOD_MS);
+}
+
+function stopRinging() {
+  if (app.ring.timer) clearInterval(app.ring.timer);
+  app.ring.timer = 0;
+}
+
+function clearTimers({ keepRinging = false } = {}) {
+  for (const timer of [...app.timers.values()]) {
+    if (keepRinging && timer.ringing) continue;
+    timer.item.remove();
+    app.timers.delete(timer.id);
+  }
+  if (!keepRinging) stopRinging();
+  renderTimers();
 }
 
 // ------------------------------------------------------------------------------ microphone
@@ -778,6 +931,16 @@ function onEvent(message) {
     case "wake":
       addSystemLine(`Wake word: ${message.name}`);
       break;
+    case "timer_started":
+      onTimerStarted(message);
+      break;
+    case "timer_finished":
+      onTimerFinished(message);
+      break;
+    case "timer_cancelled":
+    case "timer_dismissed":
+      removeTimer(message.id);
+      break;
     case "facts":
       renderFacts(message.facts);
       break;
@@ -798,6 +961,8 @@ function onReady(message) {
   clearNotice("server");
   clearNotice("token");
   const conversation = message.conversation_id;
+  // The server sends the running timers again after `ready`; a ringing one keeps ringing.
+  clearTimers({ keepRinging: conversation === app.shownConversation });
   localStorage.setItem(STORAGE.conversation, conversation);
   if (app.shownConversation !== conversation) {
     clearLog();
@@ -961,7 +1126,15 @@ ui.interrupt.addEventListener("click", () => {
   send({ type: "interrupt" });
 });
 
+ui.stopRinging.addEventListener("click", () => {
+  stopRinging();
+  for (const timer of [...app.timers.values()]) if (timer.ringing) removeTimer(timer.id);
+  // Every other tab and device of the conversation stops too (and the announcement is cut).
+  if (app.ready) send({ type: "text", text: "stop" });
+});
+
 ui.newConversation.addEventListener("click", () => {
+  clearTimers();
   localStorage.removeItem(STORAGE.conversation);
   app.shownConversation = null;
   app.freshConversation = true;
