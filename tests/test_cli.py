@@ -107,6 +107,18 @@ def test_text_chat_remembers_and_resumes(tmp_path: Path) -> None:
     assert "ada" in second.stdout.lower()
 
 
+def test_text_chat_answers_skills_and_keeps_timers(tmp_path: Path) -> None:
+    asked = "What is 17 plus 25?\nSet a timer for 10 minutes for the tea.\nHow much time is left?\n"
+    chat = voicebot("text", data=tmp_path, stdin=asked)
+    assert chat.returncode == 0, chat.stderr
+    assert "17 plus 25 is 42." in chat.stdout
+    assert "Tea timer set for 10 minutes." in chat.stdout
+    assert "Your tea timer has " in chat.stdout
+    cid = chat.stderr.split("conversation ")[1].split()[0]
+    again = voicebot("text", "--conversation", cid, data=tmp_path, stdin="Cancel the tea timer.\n")
+    assert "Cancelled your tea timer." in again.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
