@@ -257,3 +257,10 @@ def test_a_question_about_something_never_told_is_answered_only_when_asked_to() 
     assert answer_question("Where do I live?", {"origin": "Oslo"}, unknown=True) == (
         "You haven't told me where you live yet."
     )
+    assert answer_question("What is my parrot called?", {}, unknown=True) == (
+        "You haven't told me your parrot's name yet."
+    )
+    assert answer_question("How many cousins do I have?", {}, unknown=True) == (
+        "You haven't told me how many cousins you have."
+    )
+    assert answer_question("What is my parrot called?", {}) is None

@@ -923,7 +923,7 @@ _WHAT_DO_I = re.compile(
     r"^(?:what|which) (?:(?P<noun>[a-z]+) )?do (?:i|we) (?P<verb>[a-z]+)$", re.IGNORECASE
 )
 _WHAT_IS_MY = re.compile(
-    r"^(?:what|who)(?: is|'s| are) (?:my|our) (?P<k>[a-z' ]+?)(?: called| named| name)?$",
+    r"^(?:what|who)(?: is|'s| are) (?:my|our) (?P<k>[a-z' ]+?)(?P<named> called| named| name)?$",
     re.IGNORECASE,
 )
 _HOW_MANY = re.compile(r"^how many (?P<k>[a-z]+) do (?:i|we) have$", re.IGNORECASE)
@@ -978,9 +978,15 @@ def answer_question(text: str, facts: dict[str, str], *, unknown: bool = False) 
         thing = match.group("k").strip().removesuffix("'s")
         keys = (thing, f"{thing}'s name", thing.rstrip("s"), f"{thing}s")
         found = _lookup(keys, facts)
-        return _said(*found) if found is not None else None
+        if found is not None:
+            return _said(*found)
+        asked = f"your {thing}'s name" if match.group("named") else f"your {thing}"
+        return f"You haven't told me {asked} yet." if unknown else None
     match = _HOW_MANY.match(question)
     if match:
-        found = _lookup((f"number of {match.group('k')}",), facts)
-        return _said(*found) if found is not None else None
+        noun = match.group("k")
+        found = _lookup((f"number of {noun}",), facts)
+        if found is not None:
+            return _said(*found)
+        return f"You haven't told me how many {noun} you have." if unknown else None
     return None
