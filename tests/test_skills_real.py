@@ -187,3 +187,59 @@ async def test_spoken_arithmetic_and_a_spoken_timer_through_the_real_engines(
         await session.close()
         await timers.close()
         store.close()
+
+
+async def test_a_timer_set_by_voice_through_the_daemon_rings_without_the_wake_word(
+    real_engines: Engines, speech: Speech, settings: Settings, tmp_path: Path
+) -> None:
+    from voicebot.config import DaemonSettings
+    from voicebot.engines.wake import MicroWakeWordDetector
+    from voicebot.events import AudioOut, WakeWordDetected
+    from voicebot.transports.daemon import Daemon, cue
+    from voicebot.transports.file import chunks_paced
+
+    store = Store(tmp_path / "voicebot.db")
+    timers = TimerService(store, poll_s=0.2)
+    await timers.start()
+    skills = SkillRouter(settings.skills, timers=timers)
+    recorder = Recorder()
+
+    def conversation(sink):  # type: ignore[no-untyped-def]
+        return Session(
+            real_engines,
+            settings,
+            sink=sink,
+            store=store,
+            barge_in=False,
+            skills=skills,
+            timer_key="daemon",
+        )
+
+    rate = real_engines.tts.sample_rate_hz
+    daemon = Daemon(
+        DaemonSettings(follow_up_s=2.0, command_timeout_s=5.0),
+        wake=MicroWakeWordDetector("okay_nabu"),
+        make_conversation=conversation,
+        speaker=recorder,
+        output_sample_rate_hz=rate,
+        mute_for_cue=False,
+    )
+    pcm = (
+        silence(1.0, RATE)
+        + speech.espeak("okay nabu", words_per_minute=140)
+        + silence(0.3, RATE)
+        + speech.piper("Set a timer for five seconds.", rate=0.9)
+        + silence(16.0, RATE)  # no wake word: the timer ends in here
+    )
+    try:
+        await asyncio.wait_for(daemon.run(lambda: chunks_paced(pcm, RATE), restart=False), 300)
+    finally:
+        await timers.close()
+        store.close()
+    assert len(recorder.of(WakeWordDetected)) == 1
+    said = recorder.texts(ReplyDone)
+    assert said[0] == "Timer set for 5 seconds.", said
+    assert "Your timer is done." in said
+    finished = recorder.events.index(recorder.of(TimerFinished)[0])
+    chimes = [e for e in recorder.events[finished:] if isinstance(e, AudioOut) and e.turn_id == 0]
+    assert chimes and chimes[0].pcm == cue("timer", rate)
