@@ -56,6 +56,7 @@ from voicebot.memory import (
         ("Our parrot is named Kiwi.", [("parrot's name", "Kiwi")]),
         ("I have a hamster called Nibbles.", [("hamster's name", "Nibbles")]),
         ("My grandma's name is Rosa.", [("grandma's name", "Rosa")]),
+        ("My name is Ada, what is the capital of France?", [("name", "Ada")]),
         (
             "My name's Omar and I live in Cairo.",
             [("name", "Omar"), ("home", "Cairo")],
@@ -95,6 +96,8 @@ def test_statements_in_other_wordings_are_remembered(
         "Call me back later.",
         "Call me a taxi.",
         "Is my name Jane?",
+        "So, is my name Jane?",
+        "Well, do I live in Oslo?",
         "Where do I live?",
         "Do I live in Oslo?",
         "I love it!",

@@ -618,7 +618,11 @@ def _clauses(text: str) -> list[str]:
     clauses: list[str] = []
     for sentence in _SENTENCES.split(text.replace("\u2019", "'").strip()):
         sentence = sentence.strip()
-        if not sentence or sentence.endswith("?"):
+        if sentence.endswith("?"):
+            # "My name is Ada, what is the capital of France?" (Whisper joins them with a
+            # comma): the question is the last part; what comes before it may be a statement.
+            sentence = sentence.rpartition(",")[0]
+        if not sentence:
             continue
         for clause in _CLAUSE_SPLIT.split(sentence):
             clause = _MARKERS.sub("", clause.strip(" .!,;")).strip()
