@@ -17,6 +17,7 @@ from voicebot.engines import Engines
 from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad
 from voicebot.errors import ConfigError
 from voicebot.events import (
+    Metrics,
     ReplyDone,
     ReplyText,
     TimerCancelled,
@@ -704,6 +705,9 @@ async def test_session_answers_skills_and_keeps_them_in_the_dialogue(
     )
     assert await say_to(session, recorder, "Stop.") == ""
     assert len(chat.prompts) == 1  # only the joke reached the model
+    skill_metrics = recorder.of(Metrics)[0].values_ms  # measured like the model's replies
+    assert {"skill", "first_audio", "voice_to_voice"} <= set(skill_metrics)
+    assert skill_metrics["first_audio"] >= skill_metrics["skill"] >= 0
     assert "17 plus 25 is 42." in recorder.texts(ReplyText)
     turns = [(t.role, t.text) for t in session.dialogue.turns]
     assert turns == [

@@ -542,7 +542,7 @@ class Session:
                 preemptive.discard()  # built on other words: answer the ones said
                 preemptive = None
             if self.skills is not None and await self._answer_with_skill(
-                turn, text, cancel, metrics, preemptive
+                turn, text, cancel, metrics, started_at, preemptive
             ):
                 return
             user = self.dialogue.add_user(text)
@@ -672,14 +672,17 @@ class Session:
         text: str,
         cancel: threading.Event,
         metrics: dict[str, float],
+        started_at: float,
         preemptive: PreemptiveReply | None,
     ) -> bool:
-        """Answer ``text`` with a skill if one can (True); the reply is stored like the model's."""
+        """Answer ``text`` with a skill if one can (True); the reply is stored like the model's,
+        and measured like it (``skill`` is when the answer was known)."""
         assert self.skills is not None
         last = next((t.text for t in reversed(self.dialogue.turns) if t.role == "assistant"), "")
         reply = await self.skills.route(text, conversation_id=self._timer_key, last_reply=last)
         if reply is None:
             return False
+        metrics["skill"] = ms_between(started_at, self._clock())
         if preemptive is not None:
             preemptive.discard()  # the model's words are not needed
         if reply.remember:
@@ -690,9 +693,16 @@ class Session:
             return True
         self._reply_open = reply.remember
         self._reply_metrics = metrics
-        await self.responder.say(reply.text, turn, self._reply_event, cancel=cancel)
+
+        async def emit(event: Event) -> None:
+            if isinstance(event, AudioOut):
+                metrics.setdefault("first_audio", ms_between(started_at, self._clock()))
+            await self._reply_event(event)
+
+        await self.responder.say(reply.text, turn, emit, cancel=cancel)
         _add_voice_to_voice(metrics)
         await self._emit(ReplyDone(turn, reply.text))
+        await self._emit(Metrics(turn, dict(metrics)))
         self._finish_task = asyncio.create_task(
             self._finish_playback(turn, reply.text), name=f"playback-{turn}"
         )
