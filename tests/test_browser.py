@@ -544,3 +544,33 @@ async def test_a_timer_counts_down_rings_and_stops_in_the_browser(
             page.locator(".msg.bot .text", has_text="Your 10 minute timer has")
         ).to_have_count(1)
         assert not browser.page_errors and not browser.console_errors
+
+
+async def test_a_timer_set_by_voice_rings_in_the_browser(
+    real_engines: Engines, short_replies: Settings, store: Store, speech: Speech, tmp_path: Path
+) -> None:
+    pcm = silence(0.5, 16000) + speech.piper("Set a timer for four seconds.") + silence(8.0, 16000)
+    wav = tmp_path / "timer.wav"
+    write_wav(wav, pcm, 16000)
+    async with (
+        asyncio.timeout(240),
+        running_server(real_engines, short_replies, store) as server,
+        chromium(fake_mic_args(wav)) as browser,
+    ):
+        page = browser.page
+        await page.goto(page_url(server), timeout=STEP_MS)
+        await page.click("#start", timeout=STEP_MS)
+        timers = page.locator("#timer-list .timer")
+        await expect(timers).to_have_count(1, timeout=TURN_MS)
+        reply = page.locator(".msg.bot .text", has_text="Timer set for 4 seconds.")
+        await expect(reply).to_have_count(1, timeout=TURN_MS)
+        await browser.wait_for(
+            "() => window.voicebotTest.ringing && window.voicebotTest.beeps >= 3",
+            timeout_ms=TURN_MS,
+        )
+        done = page.locator(".msg.bot .text", has_text="Your timer is done.")
+        await expect(done).to_have_count(1, timeout=TURN_MS)
+        await page.click("#stop-ringing")
+        await browser.wait_for("() => !window.voicebotTest.ringing")
+        await expect(timers).to_have_count(0)
+        assert not browser.page_errors
