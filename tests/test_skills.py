@@ -983,3 +983,20 @@ async def test_a_timer_that_ended_with_nobody_there_rings_when_the_conversation_
     assert later.of(TimerFinished) == []
     await session.close()
     store.close()
+
+
+async def test_a_timer_set_just_before_a_barge_in_is_still_watched(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    clock = FakeClock()
+    timers = TimerService(store, clock=clock)
+    adding = asyncio.create_task(timers.add("c", 5, "tea"))
+    await asyncio.sleep(0)  # the write has started in its thread
+    adding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await adding
+    async with asyncio.timeout(5):
+        while not timers.running("c"):  # noqa: ASYNC110 - the shielded write finishing
+            await asyncio.sleep(0.01)
+    clock.advance(5)
+    assert [t.name for t in await timers.check()] == ["tea"]
+    store.close()

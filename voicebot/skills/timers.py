@@ -155,11 +155,15 @@ class TimerService:
             started_at=now,
             ends_at=now + seconds,
         )
+        # Shielded: a barge-in during the write must not leave a stored timer unwatched.
+        await asyncio.shield(self._keep(timer))
+        await self._tell(conversation_id, TimerStarted(timer.id, name, timer.seconds, seconds))
+        return timer
+
+    async def _keep(self, timer: Timer) -> None:
         await asyncio.to_thread(self.store.add_timer, timer)
         self._running[timer.id] = timer
         self._changed.set()
-        await self._tell(conversation_id, TimerStarted(timer.id, name, timer.seconds, seconds))
-        return timer
 
     async def cancel(self, timer: Timer) -> bool:
         """Cancel a running timer; False when it was no longer running."""
