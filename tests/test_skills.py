@@ -118,6 +118,7 @@ TIMER_START: list[tuple[str, float, str]] = [
     ("Set a timer for 120 minutes.", 7200, ""),
     ("Set a timer for 2 hours.", 7200, ""),
     ("Set a five minute timer for the cookies.", 300, "cookies"),
+    ("Set a timer for the pasta for ten minutes.", 600, "pasta"),
 ]
 
 ROUTED: list[tuple[str, str]] = [
@@ -303,6 +304,7 @@ TO_THE_MODEL = [
     "In 5 minutes.",
     "What is 1 plus 2 plus the moon?",
     "What is 5?",
+    "Set a timer for the pasta and the sauce and the bread and then set a timer for 10 minutes.",
 ]
 
 

@@ -221,6 +221,10 @@ class SkillRouter:
         if found.intent == "VoicebotArithmetic":
             return _operands(found) is not None
         if found.intent in ("HassStartTimer", "HassIncreaseTimer", "HassDecreaseTimer"):
+            # A name is a few words ("pasta", "the rice"), not a sentence the wildcard took.
+            name = _timer_name(found.slots.get("name")).split()
+            if len(name) > _MAX_NAME_WORDS or {"timer", "time"} & set(name):
+                return False
             return _duration_s(found.slots) > 0
         return True
 
@@ -349,6 +353,7 @@ class SkillRouter:
 
 
 _START_SLOTS = ("start_hours", "start_minutes", "start_seconds")
+_MAX_NAME_WORDS = 4
 
 
 def _score(result: RecognizeResult) -> tuple[int, int, int, str]:
