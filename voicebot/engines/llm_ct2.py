@@ -23,12 +23,12 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import EngineError, ModelError
 from .base import Message
+from .chat_template import compile_chat_template
 
 __all__ = ["CTranslate2Chat", "convert_model", "converted_dir"]
 
@@ -180,11 +180,6 @@ def _load_template(directory: Path, config: dict[str, Any]) -> str:
     return template
 
 
-def _raise_exception(message: str) -> None:
-    """The ``raise_exception`` chat templates call (as transformers provides it)."""
-    raise EngineError(f"the chat template refused the messages: {message}")
-
-
 class CTranslate2Chat:
     """A causal LM run by CTranslate2 with its chat template, streaming its reply.
 
@@ -266,7 +261,7 @@ class CTranslate2Chat:
         config = self._read_tokenizer_config(directory)
         self._bos = _token_text(config.get("bos_token"))
         self._eos = _token_text(config.get("eos_token"))
-        self._template = self._compile_template(_load_template(directory, config), directory)
+        self._template = compile_chat_template(_load_template(directory, config), directory)
         self._end_ids = self._stop_tokens(directory)
         self._turn_end_id = self._token_after_message("user")
         self.max_new_tokens = max_new_tokens
@@ -292,26 +287,6 @@ class CTranslate2Chat:
         except (OSError, ValueError) as error:
             raise ModelError(f"cannot read {path}: {error}") from error
         return config if isinstance(config, dict) else {}
-
-    @staticmethod
-    def _compile_template(source: str, directory: Path) -> Any:
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        # The environment transformers renders chat templates in, so prompts match token for
-        # token.
-        environment = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-        )
-        environment.filters["tojson"] = lambda value, indent=None: json.dumps(
-            value, ensure_ascii=False, indent=indent
-        )
-        environment.globals["raise_exception"] = _raise_exception
-        environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        try:
-            return environment.from_string(source)
-        except jinja2.TemplateError as error:
-            raise ModelError(f"bad chat template in {directory}: {error}") from error
 
     def _render(self, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
         import jinja2

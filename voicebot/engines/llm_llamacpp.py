@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import EngineError, ModelError
 from ._hardware import physical_cores
 from .base import Message
+from .chat_template import compile_chat_template
 
 __all__ = ["LlamaCppChat", "find_gguf"]
 
@@ -142,8 +143,6 @@ class LlamaCppChat:
                 "the llama-cpp chat backend needs ik-llama-cpp-python "
                 f"(pip install 'ik-llama-cpp-python==0.1.5'): {error}"
             ) from error
-        import jinja2.sandbox
-
         path = find_gguf(model)
         self._c: Any = _ctypes_api
         self._lib: Any = _ctypes_api._lib  # noqa: SLF001 - the loaded library, for the calls the wrapper lacks
@@ -167,10 +166,7 @@ class LlamaCppChat:
             )
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelError(f"cannot load chat model {path}: {error}") from error
-        environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True
-        )
-        self._template = environment.from_string(template)
+        self._template = compile_chat_template(template, path)
         self._n_vocab = int(self._model.n_vocab)
         self._cached: list[int] = []  # the tokens whose keys and values are in the context
         # A llama.cpp context is not safe to enter from two threads; the session's worker
