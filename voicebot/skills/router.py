@@ -243,7 +243,7 @@ class SkillRouter:
         found = await asyncio.to_thread(self.match, text)
         if found is None:
             return None
-        _LOGGER.info("skill %s %s for %r", found.intent, found.slots, text)
+        _LOGGER.debug("skill %s %s for %r", found.intent, found.slots, text)
         return await self.answer(found, conversation_id=conversation_id, last_reply=last_reply)
 
     async def answer(
