@@ -129,9 +129,7 @@ _UNITS = {
     "things",
     "ideas",
     "problems",
-    "minutes'",
     "people",
-    "tabs",
 }
 """Nouns after a number that make it a measure, not something owned or an age."""
 _MONTHS = {
@@ -487,7 +485,7 @@ def _favourite(match: re.Match[str]) -> tuple[str, str] | None:
 
 def _counted(match: re.Match[str]) -> tuple[str, str] | None:
     noun = match.group("k").lower()
-    if noun in _UNITS or not noun.endswith(("s", "ren", "people", "ice")):
+    if noun in _UNITS or not noun.endswith(("s", "ren", "ice")):  # plurals: kids, children, mice
         return None
     return f"number of {noun}", f"{match.group('n').lower()} {noun}"
 
