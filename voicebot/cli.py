@@ -1266,7 +1266,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--quality",
         action="store_true",
-        help="only the answer-quality question set (docs/quality.md)",
+        help="only answer quality, on the dev and the test set (docs/quality.md)",
     )
     bench.add_argument(
         "--stt-accuracy",
