@@ -10,7 +10,7 @@ import pytest
 
 from voicebot.config import Settings
 from voicebot.engines import Engines
-from voicebot.engines.fake import FakeTts
+from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad
 from voicebot.quality import (
     CATEGORIES,
     SETS,
@@ -132,6 +132,27 @@ def test_memory_on_the_test_set_stores_no_false_fact_and_recalls_the_paraphrases
     assert clean == traps
     kept, asked = report.recall()
     assert kept >= 0.8 * asked
+
+
+# --- the runner on a fake model: both sets, every category, memory answers without the model ------
+
+
+def test_the_runner_reports_both_sets_per_category(settings: Settings) -> None:
+    engines = Engines(
+        stt=FakeStt(), llm=FakeChat(["I am not sure."]), tts=FakeTts(), vad_factory=FakeVad
+    )
+    report = evaluate(engines, settings)
+    assert list(report.sets) == ["dev", "test"]
+    summary = report.summary()
+    for category in CATEGORIES:
+        assert f"  {category} " in summary
+    test = report.sets["test"]
+    # A model that knows nothing: the facts are still stored and answered from memory.
+    assert test.category("factual")[0] == 0
+    assert test.category("memory") == (20, 20)
+    assert test.false_facts == 0
+    data = test.as_dict()
+    assert data["categories"]["trap"] == [16, 16] and len(data["items"]) == len(load_set("test"))
 
 
 # --- the default model, through the production reply path ---------------------------------------
