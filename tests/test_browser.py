@@ -543,6 +543,12 @@ async def test_a_timer_counts_down_rings_and_stops_in_the_browser(
         await expect(
             page.locator(".msg.bot .text", has_text="Your 10 minute timer has")
         ).to_have_count(1)
+        await page.fill("#text", "Pause the timer.")
+        await page.press("#text", "Enter")
+        await expect(timers.first.locator(".timer-left")).to_have_text(re.compile(r"paused$"))
+        paused = (await browser.hook())["timers"][0]
+        await asyncio.sleep(1.2)
+        assert (await browser.hook())["timers"][0]["remaining_s"] == paused["remaining_s"]
         assert not browser.page_errors and not browser.console_errors
 
 

@@ -131,6 +131,7 @@ def test_other_client_messages() -> None:
                 "name": "pasta",
                 "seconds": 30.0,
                 "remaining_s": 29.123,
+                "paused": False,
             },
         ),
         (

@@ -179,6 +179,11 @@ ROUTED: list[tuple[str, str]] = [
     ("Increase the timer by 10 minutes.", "HassIncreaseTimer"),
     ("Take 2 minutes off the timer.", "HassDecreaseTimer"),
     ("Remove 30 seconds from my timer.", "HassDecreaseTimer"),
+    ("Pause the timer.", "HassPauseTimer"),
+    ("Pause the pasta timer.", "HassPauseTimer"),
+    ("Resume the timer.", "HassUnpauseTimer"),
+    ("Unpause the timer.", "HassUnpauseTimer"),
+    ("Start the timer again.", "HassUnpauseTimer"),
     # stop, never mind, repeat
     ("Stop.", "VoicebotStop"),
     ("stop", "VoicebotStop"),
@@ -570,6 +575,47 @@ async def test_a_timer_is_lengthened_and_shortened(tmp_path: Path) -> None:
     assert await say("Take 20 minutes off the timer.") == (
         "Your pasta timer now has less than a second left."
     )
+    assert [t.name for t in await timers.check()] == ["pasta"]
+    store.close()
+
+
+async def test_a_timer_is_paused_and_resumed_across_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "t.db"
+    store = Store(path)
+    timers = TimerService(store, clock=clock)
+    heard: list[object] = []
+
+    async def listener(event: object) -> None:
+        heard.append(event)
+
+    timers.subscribe("c", listener)
+    router = SkillRouter(timers=timers, clock=clock)
+
+    async def say(text: str) -> str:
+        reply = await router.route(text, conversation_id="c")
+        assert reply is not None, text
+        return reply.text
+
+    assert await say("Pause the timer.") == "You have no timers running."
+    await say("Set a timer for 10 minutes for the pasta.")
+    clock.advance(60)
+    assert await say("Resume the timer.") == "You have no paused timer like that."
+    assert await say("Pause the pasta timer.") == "Paused your pasta timer: 9 minutes left."
+    assert heard[-1] == TimerStarted(heard[0].timer_id, "pasta", 600.0, 540.0, True)  # type: ignore[attr-defined]
+    clock.advance(3600)  # paused: it does not end
+    assert await timers.check() == []
+    assert await say("How much time is left?") == "Your pasta timer has 9 minutes left (paused)."
+    assert await say("Add 1 minute to the timer.") == "Your pasta timer now has 10 minutes left."
+    store.close()
+
+    store = Store(path)  # a restart: still paused, with what it had left
+    timers = TimerService(store, clock=clock)
+    await timers.load()
+    router = SkillRouter(timers=timers, clock=clock)
+    assert [(t.name, t.paused_s) for t in timers.running("c")] == [("pasta", 600.0)]
+    assert await say("Start the timer again.") == "Resumed your pasta timer: 10 minutes left."
+    clock.advance(600)
     assert [t.name for t in await timers.check()] == ["pasta"]
     store.close()
 

@@ -327,6 +327,28 @@ def test_timers_are_stored_and_ended_once(store: Store) -> None:
     assert [t.name for t in store.timers(state="cancelled", conversation_id="c2")] == ["eggs"]
 
 
+def test_a_timers_table_made_before_pausing_gains_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE timers (id TEXT PRIMARY KEY, conversation_id TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '', seconds REAL NOT NULL, started_at REAL NOT NULL,
+            ends_at REAL NOT NULL, state TEXT NOT NULL DEFAULT 'running');
+        INSERT INTO timers VALUES ('t1', 'c', 'tea', 60.0, 1.0, 61.0, 'running');
+        """
+    )
+    old.commit()
+    old.close()
+    store = Store(path)
+    try:
+        assert store.timers() == [TimerRecord("t1", "c", "tea", 60.0, 1.0, 61.0)]
+        assert store.pause_timer("t1", 30.0, 61.0)
+        assert store.timers()[0].paused_s == 30.0
+    finally:
+        store.close()
+
+
 def test_a_store_made_before_timers_gains_the_table_and_keeps_its_turns(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)
@@ -351,6 +373,8 @@ def test_a_store_made_before_timers_gains_the_table_and_keeps_its_turns(tmp_path
         assert [t.text for t in store.turns("old1")] == ["hi"]
         assert store.timers() == []
         store.add_timer(TimerRecord("t1", "old1", "", 5.0, 1.0, 6.0))
+        assert store.pause_timer("t1", 3.0, 6.0)
+        assert store.timers()[0].paused_s == 3.0
         assert [t.id for t in store.timers(conversation_id="old1")] == ["t1"]
     finally:
         store.close()

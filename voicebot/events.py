@@ -179,6 +179,8 @@ class TimerStarted:
     """Its whole length."""
     remaining_s: float
     """Time left when the event was made."""
+    paused: bool = False
+    """The timer is paused: ``remaining_s`` stays as it is until it is resumed."""
 
 
 @dataclass(frozen=True, slots=True)

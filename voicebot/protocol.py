@@ -272,6 +272,7 @@ def encode_event(event: Event) -> str | bytes | None:
                 "name": event.name,
                 "seconds": event.seconds,
                 "remaining_s": round(event.remaining_s, 3),
+                "paused": event.paused,
             }
         )
     if isinstance(event, TimerFinished | TimerCancelled | TimerDismissed):

@@ -45,7 +45,6 @@ from .events import (
     StateChanged,
     TimerEvent,
     TimerFinished,
-    TimerStarted,
     Transcript,
 )
 from .memory import describe_fact
@@ -716,8 +715,7 @@ class Session:
             return
         self._unsubscribe_timers = timers.subscribe(self._timer_key, self._on_timer)
         for timer in timers.running(self._timer_key):
-            remaining = timers.remaining_s(timer)
-            await self._emit(TimerStarted(timer.id, timer.name, timer.seconds, remaining))
+            await self._emit(timers.started_event(timer))
         # One that ended lately with nobody to hear it (the page was closed, the server was
         # down) rings now; the greeting then gives way to it.
         for timer in timers.ringing(self._timer_key, within_s=_MISSED_TIMER_S):

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS timers (
     started_at REAL NOT NULL,
     ends_at REAL NOT NULL,
     state TEXT NOT NULL DEFAULT 'running'
-        CHECK (state IN ('running', 'finished', 'cancelled'))
+        CHECK (state IN ('running', 'finished', 'cancelled')),
+    paused_s REAL
 );
 CREATE INDEX IF NOT EXISTS timers_by_state ON timers(state, ends_at);
 CREATE TABLE IF NOT EXISTS facts (
@@ -51,7 +52,9 @@ CREATE TABLE IF NOT EXISTS facts (
 );
 """
 # Every table is created IF NOT EXISTS: a store made by an older version gains the new tables
-# (timers, facts) when opened, and keeps everything it had.
+# (timers, facts) when opened, and keeps everything it had; a column added to a table later is
+# added to an older one by _ADDED_COLUMNS.
+_ADDED_COLUMNS = (("timers", "paused_s", "REAL"),)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class TimerRecord:
     """Unix time it ends."""
     state: str = "running"
     """``running``, ``finished`` or ``cancelled``."""
+    paused_s: float | None = None
+    """A running timer that is paused: the time it has left (``ends_at`` then means nothing)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,10 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the conversation store {self.path}: {error}") from error
         self._lock = threading.Lock()
@@ -256,6 +265,16 @@ class Store:
         )
         return bool(rows)
 
+    def pause_timer(self, timer_id: str, paused_s: float | None, ends_at: float) -> bool:
+        """Pause a running timer with ``paused_s`` left, or resume it (``None``) to end at
+        ``ends_at``; False when it was not running."""
+        rows = self._run(
+            "UPDATE timers SET paused_s = ?, ends_at = ? WHERE id = ? AND state = 'running' "
+            "RETURNING id",
+            (paused_s, ends_at, timer_id),
+        )
+        return bool(rows)
+
     def change_timer(self, timer_id: str, seconds: float, ends_at: float) -> bool:
         """Lengthen or shorten a running timer; False when it was not running."""
         rows = self._run(
@@ -274,7 +293,8 @@ class Store:
             where += " AND conversation_id = ?"
             params.append(conversation_id)
         rows = self._run(
-            "SELECT id, conversation_id, name, seconds, started_at, ends_at, state FROM timers "
+            "SELECT id, conversation_id, name, seconds, started_at, ends_at, state, paused_s "
+            "FROM timers "
             f"WHERE {where} ORDER BY ends_at, started_at",
             tuple(params),
         )

@@ -76,6 +76,7 @@ const testHook = {
       seconds: t.seconds,
       remaining_s: timerRemainingS(t),
       ringing: t.ringing,
+      paused: t.paused,
     }));
   },
   get ringing() {
@@ -462,7 +463,9 @@ function stopPlayback() {
 // ------------------------------------------------------------------------------ timers
 
 function timerRemainingS(timer) {
-  return timer.ringing ? 0 : Math.max(0, (timer.endsAt - performance.now()) / 1000);
+  if (timer.ringing) return 0;
+  if (timer.paused) return timer.pausedS;
+  return Math.max(0, (timer.endsAt - performance.now()) / 1000);
 }
 
 function formatCountdown(seconds) {
@@ -481,12 +484,14 @@ function timerLabel(timer) {
 function renderTimers() {
   for (const timer of app.timers.values()) {
     const left = timer.item.querySelector(".timer-left");
-    left.textContent = timer.ringing ? "Done!" : formatCountdown(timerRemainingS(timer));
+    const shown = formatCountdown(timerRemainingS(timer));
+    left.textContent = timer.ringing ? "Done!" : timer.paused ? `${shown} paused` : shown;
     timer.item.classList.toggle("ringing", timer.ringing);
+    timer.item.classList.toggle("paused", timer.paused);
   }
   ui.timers.hidden = app.timers.size === 0;
   ui.stopRinging.hidden = app.ring.timer === 0;
-  const counting = [...app.timers.values()].some((t) => !t.ringing);
+  const counting = [...app.timers.values()].some((t) => !t.ringing && !t.paused);
   if (counting && !app.timerTick) app.timerTick = setInterval(renderTimers, 250);
   if (!counting && app.timerTick) {
     clearInterval(app.timerTick);
@@ -512,6 +517,8 @@ function onTimerStarted(message) {
   timer.name = message.name || "";
   timer.seconds = message.seconds;
   timer.endsAt = performance.now() + message.remaining_s * 1000;
+  timer.paused = Boolean(message.paused);
+  timer.pausedS = message.remaining_s;
   timer.item.querySelector(".timer-name").textContent = timerLabel(timer);
   renderTimers();
 }

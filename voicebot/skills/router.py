@@ -46,6 +46,8 @@ HOME_ASSISTANT_INTENTS = (
     "HassTimerStatus",
     "HassIncreaseTimer",
     "HassDecreaseTimer",
+    "HassPauseTimer",
+    "HassUnpauseTimer",
     "HassNevermind",
 )
 """The intents taken from ``home-assistant-intents``; its others (lights, media...) are not."""
@@ -308,8 +310,13 @@ class SkillRouter:
             if len(chosen) == 1:
                 timer = chosen[0]
                 left = format_duration(timers.remaining_s(timer))
-                return SkillReply(f"Your {_describe(timer)} has {left} left.", intent)
-            parts = [f"{_describe(t)}, {format_duration(timers.remaining_s(t))}" for t in chosen]
+                state = " (paused)" if timer.paused_s is not None else ""
+                return SkillReply(f"Your {_describe(timer)} has {left} left{state}.", intent)
+            parts = [
+                f"{_describe(t)}, {format_duration(timers.remaining_s(t))}"
+                + (" (paused)" if t.paused_s is not None else "")
+                for t in chosen
+            ]
             return SkillReply(f"You have {len(chosen)} timers: " + "; ".join(parts) + ".", intent)
         if intent in ("HassIncreaseTimer", "HassDecreaseTimer"):
             delta = _duration_s(found.slots)
@@ -327,6 +334,24 @@ class SkillRouter:
                 return SkillReply("That timer has just ended.", intent)
             left = format_duration(timers.remaining_s(changed))
             return SkillReply(f"Your {_describe(chosen[0])} now has {left} left.", intent)
+        if intent in ("HassPauseTimer", "HassUnpauseTimer"):
+            pausing = intent == "HassPauseTimer"
+            candidates = [t for t in running if (t.paused_s is None) == pausing]
+            chosen = _select(candidates, found.slots)
+            if not chosen:
+                if not running:
+                    return SkillReply("You have no timers running.", intent)
+                state = "running" if pausing else "paused"
+                return SkillReply(f"You have no {state} timer like that.", intent)
+            if len(chosen) > 1:
+                names = _join([_describe(t) for t in chosen])
+                return SkillReply(f"You have {len(chosen)} timers: {names}. Which one?", intent)
+            changed = await timers.pause(chosen[0], paused=pausing)
+            if changed is None:
+                return SkillReply("That timer has just ended.", intent)
+            left = format_duration(timers.remaining_s(changed))
+            verb = "Paused" if pausing else "Resumed"
+            return SkillReply(f"{verb} your {_describe(changed)}: {left} left.", intent)
         if intent == "HassCancelAllTimers":
             for timer in running:
                 await timers.cancel(timer)

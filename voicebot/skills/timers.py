@@ -117,8 +117,15 @@ class TimerService:
         return unsubscribe
 
     def remaining_s(self, timer: Timer) -> float:
-        """Seconds left on a timer (0 once due)."""
+        """Seconds left on a timer (0 once due; what it had left, while paused)."""
+        if timer.paused_s is not None:
+            return timer.paused_s
         return max(0.0, timer.ends_at - self.clock())
+
+    def started_event(self, timer: Timer) -> TimerStarted:
+        """The :class:`TimerStarted` that tells a client where a timer stands."""
+        paused = timer.paused_s is not None
+        return TimerStarted(timer.id, timer.name, timer.seconds, self.remaining_s(timer), paused)
 
     def running(self, conversation_id: str) -> list[Timer]:
         """The conversation's running timers, the soonest to end first."""
@@ -157,7 +164,7 @@ class TimerService:
         )
         # Shielded: a barge-in during the write must not leave a stored timer unwatched.
         await asyncio.shield(self._keep(timer))
-        await self._tell(conversation_id, TimerStarted(timer.id, name, timer.seconds, seconds))
+        await self._tell(conversation_id, self.started_event(timer))
         return timer
 
     async def _keep(self, timer: Timer) -> None:
@@ -175,24 +182,58 @@ class TimerService:
             )
         return ended
 
+    async def pause(self, timer: Timer, *, paused: bool = True) -> Timer | None:
+        """Pause a running timer (or resume a paused one, ``paused=False``).
+
+        Returns:
+            The timer as it is now, or ``None`` when it was no longer running.
+        """
+        if (timer.paused_s is not None) == paused:
+            return timer
+        now = self.clock()
+        if paused:
+            changed = dataclasses.replace(timer, paused_s=self.remaining_s(timer))
+        else:
+            assert timer.paused_s is not None
+            changed = dataclasses.replace(timer, paused_s=None, ends_at=now + timer.paused_s)
+        stored = await asyncio.to_thread(
+            self.store.pause_timer, timer.id, changed.paused_s, changed.ends_at
+        )
+        if not stored:
+            self._running.pop(timer.id, None)
+            return None
+        self._running[timer.id] = changed
+        self._changed.set()
+        await self._tell(timer.conversation_id, self.started_event(changed))
+        return changed
+
     async def change(self, timer: Timer, delta_s: float) -> Timer | None:
         """Add ``delta_s`` seconds to a running timer (take them off when negative).
 
         Returns:
             The changed timer (its length too), or ``None`` when it was no longer running.
-            Taking off more than is left ends it now.
+            Taking off more than is left ends it now (a paused one keeps a second).
         """
-        now = self.clock()
-        ends_at = max(now, timer.ends_at + delta_s)
-        seconds = max(1.0, timer.seconds + (ends_at - timer.ends_at))
-        if not await asyncio.to_thread(self.store.change_timer, timer.id, seconds, ends_at):
+        if timer.paused_s is not None:
+            left = max(1.0, timer.paused_s + delta_s)
+            seconds = max(1.0, timer.seconds + (left - timer.paused_s))
+            changed = dataclasses.replace(timer, seconds=seconds, paused_s=left)
+        else:
+            ends_at = max(self.clock(), timer.ends_at + delta_s)
+            seconds = max(1.0, timer.seconds + (ends_at - timer.ends_at))
+            changed = dataclasses.replace(timer, seconds=seconds, ends_at=ends_at)
+
+        def store() -> bool:
+            return self.store.change_timer(
+                timer.id, changed.seconds, changed.ends_at
+            ) and self.store.pause_timer(timer.id, changed.paused_s, changed.ends_at)
+
+        if not await asyncio.to_thread(store):
             self._running.pop(timer.id, None)
             return None
-        changed = dataclasses.replace(timer, seconds=seconds, ends_at=ends_at)
         self._running[timer.id] = changed
         self._changed.set()
-        event = TimerStarted(timer.id, timer.name, seconds, max(0.0, ends_at - now))
-        await self._tell(timer.conversation_id, event)
+        await self._tell(timer.conversation_id, self.started_event(changed))
         return changed
 
     async def dismiss(self, conversation_id: str) -> list[Timer]:
@@ -206,7 +247,7 @@ class TimerService:
     async def check(self) -> list[Timer]:
         """End the timers that are due; returns those this service ended."""
         now = self.clock()
-        due = [t for t in self._running.values() if t.ends_at <= now]
+        due = [t for t in self._running.values() if t.ends_at <= now and t.paused_s is None]
         ended: list[Timer] = []
         for timer in sorted(due, key=lambda t: t.ends_at):
             self._running.pop(timer.id, None)
@@ -243,9 +284,9 @@ class TimerService:
             except Exception:  # a loop boundary: log and keep the timers going
                 _LOGGER.exception("timer check failed")
             delay = self.poll_s
-            if self._running:
-                soonest = min(t.ends_at for t in self._running.values())
-                delay = min(delay, max(0.0, soonest - self.clock()))
+            ends = [t.ends_at for t in self._running.values() if t.paused_s is None]
+            if ends:
+                delay = min(delay, max(0.0, min(ends) - self.clock()))
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
