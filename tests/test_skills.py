@@ -988,6 +988,14 @@ def test_a_satellite_hears_the_servers_timers() -> None:
     remote = RemoteConversation("ws://127.0.0.1:9/ws", sink)
     frames = [
         {"type": "timer_started", "id": "a", "name": "tea", "seconds": 60.0, "remaining_s": 59.5},
+        {
+            "type": "timer_started",
+            "id": "a",
+            "name": "tea",
+            "seconds": 60.0,
+            "remaining_s": 9.0,
+            "paused": True,
+        },
         {"type": "timer_finished", "id": "a", "name": "tea", "seconds": 60.0},
         {"type": "timer_cancelled", "id": "b", "name": "", "seconds": 5.0},
         {"type": "timer_dismissed", "id": "a", "name": "tea", "seconds": 60.0},
@@ -995,6 +1003,7 @@ def test_a_satellite_hears_the_servers_timers() -> None:
     events = [remote._translate(frame) for frame in frames]  # the frames a server sends
     assert events == [
         TimerStarted("a", "tea", 60.0, 59.5),
+        TimerStarted("a", "tea", 60.0, 9.0, paused=True),
         TimerFinished("a", "tea", 60.0),
         TimerCancelled("b", "", 5.0),
         TimerDismissed("a", "tea", 60.0),

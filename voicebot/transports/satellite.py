@@ -215,7 +215,7 @@ class RemoteConversation:
             return ErrorEvent(str(item["code"]), str(item["message"]), item.get("turn_id"))
         if kind == "timer_started":
             timer = (str(item["id"]), str(item["name"]), float(item["seconds"]))
-            return TimerStarted(*timer, float(item["remaining_s"]))
+            return TimerStarted(*timer, float(item["remaining_s"]), bool(item.get("paused")))
         timer_events: dict[str, type[TimerFinished | TimerCancelled | TimerDismissed]] = {
             "timer_finished": TimerFinished,
             "timer_cancelled": TimerCancelled,
