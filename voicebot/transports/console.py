@@ -101,6 +101,8 @@ class ConsoleView:
                 TimerCancelled: "cancelled",
                 TimerDismissed: "stopped ringing",
             }[type(event)]
+            if isinstance(event, TimerStarted) and event.paused:
+                what = "paused"
             print(f"[{name}: {what}]", file=self.err, flush=True)
         elif isinstance(event, StateChanged) and self.show_state:
             print(f"[{_STATE_LABELS[event.state]}]", file=self.err, flush=True)
