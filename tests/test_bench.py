@@ -350,7 +350,8 @@ def _path(v2v_p50: float, ratio: float, share: float | None) -> dict[str, Any]:
         "websocket_ratio_4_to_1": ratio,
         "llm": {"first_token_ms": {"p50": 60.0}, "ratio_vs_llama_cpp": 0.7},
         "end_of_turn": {"inner_pause": {"one_turn_share_300_600": share}},
-        "peak_rss_mb": 1100.0,
+        "peak_rss_mb": 1500.0,  # the benchmark process: not the target's measure
+        "server_rss": {"peak_rss_mb": 1100.0},
     }
 
 
@@ -365,7 +366,8 @@ def test_targets_are_met_or_missed_with_their_distance() -> None:
     assert best["chat model time to first token p50"]["met"]
     assert not best["chat model decode / llama.cpp, same threads"]["met"]
     assert avx2["300-600 ms pause inside: heard as one turn"]["met"] is None
-    assert not best["peak RSS"]["met"] and best["peak RSS"]["distance"] == 100
+    rss = best["peak RSS of the server, 4 sessions"]
+    assert not rss["met"] and rss["distance"] == 100
 
 
 def test_both_paths_print_side_by_side_with_the_cpu_and_the_engines_that_ignore_the_cap() -> None:
