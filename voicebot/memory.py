@@ -66,35 +66,6 @@ _CLAUSE_SPLIT = re.compile(
 )
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 
-_NUMBER_WORDS = {
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-    "eleven": 11,
-    "twelve": 12,
-    "thirteen": 13,
-    "fourteen": 14,
-    "fifteen": 15,
-    "sixteen": 16,
-    "seventeen": 17,
-    "eighteen": 18,
-    "nineteen": 19,
-    "twenty": 20,
-    "thirty": 30,
-    "forty": 40,
-    "fifty": 50,
-    "sixty": 60,
-    "seventy": 70,
-    "eighty": 80,
-    "ninety": 90,
-}
 _NUMBER = r"(?:\d{1,3}|(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)(?:[- ](?:one|two|three|four|five|six|seven|eight|nine))?|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen)"  # noqa: E501
 _UNITS = {
     "minute",
@@ -393,15 +364,14 @@ def _place(text: str) -> str:
 
 
 def _number(text: str) -> int | None:
-    text = text.lower().replace("-", " ").strip()
-    if text.isdigit():
-        return int(text)
-    total = 0
-    for word in text.split():
-        if word not in _NUMBER_WORDS:
-            return None
-        total += _NUMBER_WORDS[word]
-    return total or None
+    """A whole positive number said in digits or words ("34", "thirty-four")."""
+    # Imported here: the skills package imports the store, which imports the dialogue.
+    from .skills.numbers import parse_number
+
+    value = parse_number(text)
+    if value is None or value <= 0 or value.denominator != 1:
+        return None
+    return int(value)
 
 
 def _phrase(text: str, *, cut_prepositions: bool = True, most: int = 6) -> str:
