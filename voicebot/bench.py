@@ -919,7 +919,14 @@ def bench_turns(
 def run_bench(
     settings: Settings, options: BenchOptions, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Run everything on this process's instruction set; returns one path's results."""
+    """Run everything on this process's instruction set; returns one path's results.
+
+    Skills are off: the latency measured is the chat model's path. With them on, "What time
+    is it?" and "Set a timer..." among the recordings would be answered without the model.
+    """
+    from dataclasses import replace
+
+    settings = replace(settings, skills=replace(settings.skills, enabled=False))
     results: dict[str, Any] = {"isa": _isa_in_effect()}
     start = time.perf_counter()
     engines = load_engines(settings)
