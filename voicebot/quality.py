@@ -26,6 +26,7 @@ from .config import Settings
 from .dialogue import Dialogue
 from .engines import Engines
 from .memory import describe_fact
+from .skills.numbers import TENS, UNITS
 
 __all__ = [
     "CATEGORIES",
@@ -136,38 +137,9 @@ def _item(raw: dict[str, Any]) -> Item:
 
 # --- strict scoring ---------------------------------------------------------------------------
 
-_UNITS = {
-    "zero": 0,
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-    "eleven": 11,
-    "twelve": 12,
-    "thirteen": 13,
-    "fourteen": 14,
-    "fifteen": 15,
-    "sixteen": 16,
-    "seventeen": 17,
-    "eighteen": 18,
-    "nineteen": 19,
-}
-_TENS = {
-    "twenty": 20,
-    "thirty": 30,
-    "forty": 40,
-    "fifty": 50,
-    "sixty": 60,
-    "seventy": 70,
-    "eighty": 80,
-    "ninety": 90,
-}
+# The skills' number words, but "oh" is an exclamation in an answer, not a zero.
+_UNITS = {word: value for word, value in UNITS.items() if word != "oh"}
+_TENS = TENS
 _ORDINALS = {
     "first": 1,
     "second": 2,

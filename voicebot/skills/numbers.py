@@ -11,7 +11,14 @@ import math
 import re
 from fractions import Fraction
 
-__all__ = ["format_duration", "format_number", "parse_number", "words_for_speech"]
+__all__ = [
+    "TENS",
+    "UNITS",
+    "format_duration",
+    "format_number",
+    "parse_number",
+    "words_for_speech",
+]
 
 _UNITS = {
     "zero": 0,
@@ -47,6 +54,10 @@ _TENS = {
     "eighty": 80,
     "ninety": 90,
 }
+UNITS = _UNITS
+"""Number words under twenty and their values (with "oh", as Whisper writes a spoken zero)."""
+TENS = _TENS
+"""The tens, twenty to ninety (with the misspelling "fourty")."""
 _SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 _DIGITS = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$")
 _MAX_ABS = Fraction(10**15)
