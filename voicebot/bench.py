@@ -1010,19 +1010,13 @@ _CHILD_MARKER = "VOICEBOT_BENCH_ISA"  # set in the AVX2 subprocess, so it does n
 
 
 def cpu_info(cpuinfo_text: str | None = None) -> dict[str, Any]:
-    """The CPU model and which of :data:`SIMD_FLAGS` it has (from /proc/cpuinfo)."""
+    """The CPU model and which of :data:`SIMD_FLAGS` it has (this machine's, or the text's)."""
+    from .engines._hardware import cpu_flags, cpu_model, parse_cpuinfo
+
     if cpuinfo_text is None:
-        try:
-            cpuinfo_text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo_text = ""
-    model, flags = "", set[str]()
-    for line in cpuinfo_text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not model:
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
+        model, flags = cpu_model(), cpu_flags()
+    else:
+        model, flags = parse_cpuinfo(cpuinfo_text)
     return {
         "model": model or platform.processor(),
         "flags": {flag: flag in flags for flag in SIMD_FLAGS},

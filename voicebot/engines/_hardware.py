@@ -6,7 +6,16 @@ import functools
 import os
 from pathlib import Path
 
-__all__ = ["SIMD_FLAGS", "cpu_has_bf16", "cpu_info", "cuda_available", "physical_cores"]
+__all__ = [
+    "SIMD_FLAGS",
+    "cpu_flags",
+    "cpu_has_bf16",
+    "cpu_info",
+    "cpu_model",
+    "cuda_available",
+    "parse_cpuinfo",
+    "physical_cores",
+]
 
 SIMD_FLAGS = (
     "avx2",
@@ -35,21 +44,40 @@ def physical_cores() -> int:
     return max(1, min(physical or 1, allowed or 1))
 
 
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """The first CPU's model name and all its flags, from the text of /proc/cpuinfo."""
+    model = ""
+    flags: frozenset[str] = frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
 @functools.cache
+def _this_cpu() -> tuple[str, frozenset[str]]:
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return "", frozenset()
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (empty where /proc/cpuinfo cannot be read)."""
+    return _this_cpu()[0]
+
+
+def cpu_flags() -> frozenset[str]:
+    """Every flag of this machine's CPU (empty where /proc/cpuinfo cannot be read)."""
+    return _this_cpu()[1]
+
+
 def cpu_info() -> dict[str, object]:
     """The CPU's model name and which of :data:`SIMD_FLAGS` it has (from /proc/cpuinfo)."""
-    model = ""
-    flags: set[str] = set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        if line.startswith("model name") and not model:
-            model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-    return {"model": model, "flags": [f for f in SIMD_FLAGS if f in flags]}
+    return {"model": cpu_model(), "flags": [f for f in SIMD_FLAGS if f in cpu_flags()]}
 
 
 def cpu_has_bf16() -> bool:
@@ -60,9 +88,7 @@ def cpu_has_bf16() -> bool:
     """
     if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in {"default", "avx2"}:
         return False
-    flags = cpu_info()["flags"]
-    assert isinstance(flags, list)
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 @functools.cache

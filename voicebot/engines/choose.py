@@ -97,11 +97,9 @@ def candidates(model: Path) -> list[Candidate]:
 
 
 def _cpu_signature() -> dict[str, str]:
-    from ._hardware import cpu_info
+    from ._hardware import SIMD_FLAGS, cpu_flags, cpu_model
 
-    info = cpu_info()
-    flags = info["flags"]
-    return {"cpu": str(info["model"]), "flags": ",".join(flags if isinstance(flags, list) else [])}
+    return {"cpu": cpu_model(), "flags": ",".join(f for f in SIMD_FLAGS if f in cpu_flags())}
 
 
 def _key(model: Path, threads: int, found: list[Candidate]) -> dict[str, Any]:
@@ -216,7 +214,6 @@ def load_backend(backend: str, model: str, threads: int, **decoding: Any) -> Any
         return CTranslate2Chat(model, threads=threads, **decoding)
     from .llm import TransformersChat
 
-    decoding.pop("context_tokens", None)
     return TransformersChat(model, threads=threads, **decoding)
 
 

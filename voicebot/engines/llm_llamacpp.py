@@ -51,8 +51,8 @@ _SELF_CHECK_TEXT = (
 _LOG_CALLBACK_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 
-def _forward_log(level: int, text: bytes | None, _data: Any) -> None:
-    if text and level <= 2:  # GGML_LOG_LEVEL_ERROR is 4 in new builds, 2 in this one
+def _forward_log(_level: int, text: bytes | None, _data: Any) -> None:
+    if text:
         _LOGGER.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
