@@ -1305,6 +1305,15 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
+def _register_wyoming(sub: Any) -> None:
+    from .wyoming_cli import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS.append(_register_wyoming)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     _quiet_libraries()
@@ -1338,4 +1347,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-_FAST_EXIT_COMMANDS = ("daemon", "serve", "chat")
+_FAST_EXIT_COMMANDS = ("daemon", "serve", "chat", "wyoming")
