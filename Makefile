@@ -31,6 +31,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The real wyoming-satellite (tests of `voicebot wyoming --satellite`) pins wyoming 1.4.1 and
+# zeroconf 0.88, older than ours: it gets an environment of its own.
+SATELLITE_VENV ?= .venv-satellite
+SATELLITE_STAMP := $(SATELLITE_VENV)/.installed
+
+$(SATELLITE_STAMP):
+	$(PYTHON) -m venv $(SATELLITE_VENV)
+	$(SATELLITE_VENV)/bin/python -m pip install -q "wyoming-satellite==1.0.0"
+	touch $(SATELLITE_STAMP)
+
 models: $(STAMP)
 	$(BIN)/voicebot models pull
 
@@ -44,7 +54,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check voicebot tests
 	$(BIN)/mypy
 
-test: system-test $(STAMP) models lint
+test: system-test $(STAMP) models lint $(SATELLITE_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The benchmark: both the machine's best path and the plain AVX2 path (docs/benchmarks.md).
@@ -52,4 +62,4 @@ bench: setup
 	$(BIN)/voicebot bench --json bench-results.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SATELLITE_VENV) .pytest_cache .mypy_cache .ruff_cache
