@@ -887,6 +887,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _stt_accuracy(settings, args, log)
     if args.wake:
         return _wake_accuracy(settings, args, log)
+    if args.wyoming:
+        from . import bench_wyoming
+
+        document = bench_wyoming.run(settings, log)
+        print(bench_wyoming.format_table(document))
+        if args.json:
+            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        return 0
     # The AVX2 path re-runs this very command line in a subprocess (bench.run_isa_paths).
     argv = sys.argv[1:] if "bench" in sys.argv[1:] else ["bench"]
     document = run_isa_paths(settings, options, args.isa, argv, log)
@@ -1277,6 +1285,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--wake",
         action="store_true",
         help="only the wake word: hits across voices and speeds, false wakes on ordinary speech",
+    )
+    bench.add_argument(
+        "--wyoming",
+        action="store_true",
+        help="only the Wyoming servers: voicebot against wyoming-faster-whisper and wyoming-piper",
     )
     bench.add_argument(
         "--no-reference",
