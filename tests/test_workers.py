@@ -257,3 +257,94 @@ async def test_closing_cancels_queued_calls_and_refuses_new_ones() -> None:
             await queued_stream
     with pytest.raises(EngineError, match="closed"):
         await asyncio.wait_for(worker.run(str, 1), TIMEOUT_S)
+
+
+async def test_a_stream_set_aside_lets_waiting_calls_run_and_then_goes_on(
+    worker: ModelWorker,
+) -> None:
+    ran: list[str] = []
+    may_yield = threading.Event()
+    step = threading.Event()
+
+    def words() -> Iterator[str]:
+        for word in ("one", "two", "three", "four"):
+            ran.append(word)
+            yield word
+            if word == "two":
+                may_yield.set()  # the first words are out: others may go first now
+                assert step.wait(TIMEOUT_S)
+
+    received: list[str] = []
+
+    async def consume() -> None:
+        async for word in worker.stream(words, yield_when=may_yield):
+            received.append(word)
+
+    consumer = asyncio.create_task(consume())
+    assert await asyncio.to_thread(may_yield.wait, TIMEOUT_S)
+    other = asyncio.create_task(worker.run(ran.append, "other user", priority=Priority.NORMAL))
+    await queued(worker, 1)
+    step.set()
+    async with asyncio.timeout(TIMEOUT_S):
+        await asyncio.gather(consumer, other)
+    assert received == ["one", "two", "three", "four"]
+    # "three" was already on its way when the other call came; the rest waited behind it.
+    assert ran == ["one", "two", "three", "other user", "four"]
+
+
+async def test_a_stream_is_not_set_aside_before_it_may_be(worker: ModelWorker) -> None:
+    ran: list[str] = []
+    started = threading.Event()
+    step = threading.Event()
+
+    def words() -> Iterator[str]:
+        started.set()
+        assert step.wait(TIMEOUT_S)
+        for word in ("one", "two", "three"):
+            ran.append(word)
+            yield word
+
+    async def consume() -> list[str]:
+        return [w async for w in worker.stream(words, yield_when=threading.Event())]
+
+    consumer = asyncio.create_task(consume())
+    assert await asyncio.to_thread(started.wait, TIMEOUT_S)
+    other = asyncio.create_task(worker.run(ran.append, "other user"))
+    await queued(worker, 1)
+    step.set()
+    async with asyncio.timeout(TIMEOUT_S):
+        assert await consumer == ["one", "two", "three"]
+        await other
+    assert ran == ["one", "two", "three", "other user"]
+
+
+async def test_leaving_a_stream_while_its_rest_waits_closes_it_in_the_worker(
+    worker: ModelWorker,
+) -> None:
+    closed_in: list[str] = []
+    gate = Gate()
+    may_yield = threading.Event()
+    may_yield.set()
+
+    def words() -> Iterator[str]:
+        try:
+            yield from itertools.count()  # type: ignore[misc]
+        finally:
+            closed_in.append(threading.current_thread().name)
+
+    async def consume() -> None:
+        async for number in worker.stream(words, yield_when=may_yield):
+            if number == 0:
+                # Someone else's call comes: the stream is set aside behind it.
+                holder_task.append(asyncio.create_task(worker.run(gate.hold)))
+                await asyncio.to_thread(gate.entered.wait, TIMEOUT_S)
+                return  # leave while the rest waits in the queue
+
+    holder_task: list[asyncio.Task[str]] = []
+    async with asyncio.timeout(TIMEOUT_S):
+        await consume()
+        gate.opened.set()
+        await holder_task[0]
+        # The close is the worker's next call: one more call behind it finds it done.
+        await worker.run(lambda: None)
+    assert closed_in == ["voicebot-test"]

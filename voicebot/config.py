@@ -97,8 +97,12 @@ class SegmenterSettings:
     """End-of-turn probability (0-1) under which the words count as an unfinished turn. Same
     phrases: every fragment falls under it ("Tell me about the.", "I was wondering if."), no
     finished sentence does (the lowest, "Thank you.", 0.007)."""
-    speculative_after_ms: int = 200
-    """Silence after which transcription starts, before the end of turn is certain."""
+    speculative_after_ms: int = 90
+    """Silence after which transcription starts, before the end of turn is certain. The
+    voice detector itself hears speech for 60-120 ms after it ends (webrtcvad's hangover), so
+    90 ms here is about 180 ms of real silence: the early transcript and its judgement are
+    ready before the 300 ms that end a finished sentence (200 ms left them ~50 ms late on 2
+    AVX2 cores: voice-to-voice p50 716 -> 600 ms, docs/benchmarks.md)."""
     max_utterance_s: float = 20.0
     """An utterance this long is ended even if the user keeps talking."""
 
@@ -118,7 +122,13 @@ class SttSettings:
     beam_size: int = 1
     """Beam width; 1 is greedy and fastest."""
     cpu_threads: int = 0
-    """Threads on the CPU; 0 uses the number of physical cores."""
+    """Threads per model instance on the CPU; 0: the physical cores shared among the
+    instances (1 each on 2 cores)."""
+    instances: int = 0
+    """Model instances transcribing in parallel, each in its own worker thread; 0: 2 on a
+    CPU with at least 2 cores, 1 on CUDA or 1 core. On 2 AVX2 cores, 1 thread is faster than 2
+    for one utterance (80 vs 94 ms) and two 1-thread instances transcribe 4 utterances in
+    234-282 ms against 360-386 ms one after the other on 2 threads (docs/benchmarks.md)."""
     no_speech_threshold: float = 0.6
     """Segments more likely silence than this, with a low log-probability, are dropped."""
     log_prob_threshold: float = -1.0

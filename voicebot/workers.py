@@ -50,27 +50,36 @@ class _Job:
     sequence: int
     call: Callable[[], Any] = field(compare=False)
     future: Future[Any] = field(compare=False)
+    sheddable: bool = field(default=True, compare=False)
 
 
 class ModelWorker:
-    """A single thread for one model, fed from a bounded priority queue.
+    """A thread for one model (or a few, for a model that takes parallel calls), fed from a
+    bounded priority queue.
 
     Calls into the model run one after the other, so a stateful model is never entered twice
-    at once (several sessions share it), and the event loop never blocks on inference.
+    at once (several sessions share it), and the event loop never blocks on inference. A model
+    that holds several instances (``threads`` > 1, e.g. two Whisper instances of one thread
+    each) is served by that many threads from the same queue.
     Generators are consumed inside the worker thread; each item crosses to the loop with
     ``loop.call_soon_threadsafe``. A call cancelled while still queued never runs.
     """
 
-    def __init__(self, name: str, *, max_queued: int = DEFAULT_MAX_QUEUED) -> None:
-        """Create the worker; its thread, ``voicebot-<name>``, starts with the first call.
+    def __init__(
+        self, name: str, *, max_queued: int = DEFAULT_MAX_QUEUED, threads: int = 1
+    ) -> None:
+        """Create the worker; its threads, ``voicebot-<name>``, start with the first call.
 
         Args:
-            name: The model this worker serves (names the thread and errors).
-            max_queued: Calls that may wait behind the running one; past it a call is
+            name: The model this worker serves (names the threads and errors).
+            max_queued: Calls that may wait behind the running ones; past it a call is
                 refused, unless it outranks a queued one, which is then refused instead.
+            threads: Calls run at once: 1 for a model that must not be entered twice.
         """
         if max_queued < 1:
             raise ValueError("max_queued must be at least 1")
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
         self.name = name
         """The model this worker serves."""
         self.max_queued = max_queued
@@ -78,7 +87,9 @@ class ModelWorker:
         self._queue: list[_Job] = []
         self._sequence = itertools.count()
         self._condition = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self.threads = threads
+        """Calls run at once."""
+        self._started: list[threading.Thread] = []
         self._closed = False
 
     @property
@@ -102,14 +113,22 @@ class ModelWorker:
         return await asyncio.wrap_future(future)
 
     async def stream(
-        self, make: Callable[[], Iterator[T]], *, priority: Priority = Priority.NORMAL
+        self,
+        make: Callable[[], Iterator[T]],
+        *,
+        priority: Priority = Priority.NORMAL,
+        yield_when: threading.Event | None = None,
     ) -> AsyncIterator[T]:
         """Iterate ``make()`` in the worker thread, yielding its items on the event loop.
 
-        The whole iteration is one call in the queue: the worker serves nothing else until the
-        generator ends. If the consumer stops early (break, cancellation), the generator is
-        closed in the worker thread before its next item; if it stops before the call left
-        the queue, ``make`` is never called.
+        The iteration is one call in the queue: the worker serves nothing else until the
+        generator ends, unless ``yield_when`` is set: from then on, after each item, if other
+        calls are waiting the generator is set aside and its rest queued behind them at
+        :attr:`Priority.BACKGROUND` (a reply whose first words are out lets the next user's
+        reply start; only for a model whose generators survive other calls in between, like
+        :class:`~voicebot.engines.llm_llamacpp.LlamaCppChat`). If the consumer stops early
+        (break, cancellation), the generator is closed in the worker thread before its next
+        item; if it stops before the call left the queue, ``make`` is never called.
 
         Raises:
             OverloadedError: as :meth:`run`, on the first item.
@@ -118,31 +137,45 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
+        made: list[Iterator[T]] = []
+        current: list[Future[Any]] = []  # the call in the queue now: the first, or a rest
 
         def post(item: Any) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed under us
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        def close() -> None:
+            closer = getattr(made[0], "close", None) if made else None
+            if closer is not None:
+                closer()
+
         def pump() -> None:
+            set_aside = False
             try:
-                iterator = make()
+                if not made:
+                    made.append(make())
+                iterator = made[0]
                 try:
                     for item in iterator:
                         post(item)
                         if stop.is_set():
                             break
+                        if yield_when is not None and yield_when.is_set() and self._waiting():
+                            set_aside = self._set_aside(pump, current, post)
+                            if set_aside:
+                                return
                 finally:
-                    close = getattr(iterator, "close", None)
-                    if close is not None:
+                    if not set_aside:
                         close()
             except BaseException as error:  # handed to the consumer
                 post(_Failure(error))
             finally:
-                post(_END)
+                if not set_aside:
+                    post(_END)
 
-        future = self._submit(pump, priority)
+        current.append(self._submit(pump, priority))
         # A queued call shed, or cancelled by close(), never runs ``pump``: nothing posts _END.
-        future.add_done_callback(lambda done: post(_Shed(done)))
+        current[0].add_done_callback(lambda done: post(_Shed(done)))
         try:
             while True:
                 item = await queue.get()
@@ -156,11 +189,33 @@ class ModelWorker:
                     error = item.future.exception()
                     if error is not None:
                         raise error
-                    continue  # pump ran: its _END came first
+                    continue  # pump ran: its _END came first, or its rest is queued
                 yield item
         finally:
             stop.set()
-            future.cancel()  # still queued: it never runs
+            if current[-1].cancel() and made:
+                # A rest still queued never runs: close its generator in the worker.
+                with contextlib.suppress(Exception):
+                    self._submit(close, Priority.URGENT, sheddable=False)
+
+    def _waiting(self) -> bool:
+        with self._condition:
+            return bool(self._queue)
+
+    def _set_aside(
+        self,
+        pump: Callable[[], None],
+        current: list[Future[Any]],
+        post: Callable[[Any], None],
+    ) -> bool:
+        """Queue the rest of a stream behind the waiting calls; False if it cannot be."""
+        try:
+            rest = self._submit(pump, Priority.BACKGROUND, sheddable=False)
+        except (OverloadedError, EngineError):
+            return False  # keep going in place
+        current.append(rest)
+        rest.add_done_callback(lambda done: post(_Shed(done)))
+        return True
 
     def close(self) -> None:
         """Stop taking calls; queued calls are cancelled, the running one finishes."""
@@ -171,16 +226,20 @@ class ModelWorker:
         for job in queued:
             job.future.cancel()
 
-    def _submit(self, call: Callable[[], Any], priority: Priority) -> Future[Any]:
+    def _submit(
+        self, call: Callable[[], Any], priority: Priority, *, sheddable: bool = True
+    ) -> Future[Any]:
         future: Future[Any] = Future()
         shed: _Job | None = None
         with self._condition:
             if self._closed:
                 raise EngineError(f"the {self.name} worker is closed")
-            job = _Job(int(priority), next(self._sequence), call, future)
-            if len(self._queue) >= self.max_queued:
-                # The least urgent, newest queued call makes room for a more urgent one.
-                last = max(self._queue)
+            job = _Job(int(priority), next(self._sequence), call, future, sheddable)
+            candidates = [queued for queued in self._queue if queued.sheddable]
+            if len(self._queue) >= self.max_queued and sheddable:
+                # The least urgent, newest queued call makes room for a more urgent one; the
+                # rest of a stream already begun is never shed.
+                last = max(candidates) if candidates else job
                 if last.priority <= job.priority:
                     raise OverloadedError(
                         f"the {self.name} model is busy ({len(self._queue)} calls waiting): "
@@ -190,11 +249,14 @@ class ModelWorker:
                 heapq.heapify(self._queue)
                 shed = last
             heapq.heappush(self._queue, job)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._serve, name=f"voicebot-{self.name}", daemon=True
-                )
-                self._thread.start()
+            if not self._started:
+                for index in range(self.threads):
+                    suffix = f"-{index + 1}" if self.threads > 1 else ""
+                    thread = threading.Thread(
+                        target=self._serve, name=f"voicebot-{self.name}{suffix}", daemon=True
+                    )
+                    thread.start()
+                    self._started.append(thread)
             self._condition.notify()
         future.add_done_callback(functools.partial(self._forget, job))
         if shed is not None and shed.future.set_running_or_notify_cancel():

@@ -85,11 +85,13 @@ class Engines:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def worker(self, model: object, name: str = "model") -> ModelWorker:
-        """The single worker thread of ``model`` (created on first use)."""
+        """The worker of ``model`` (created on first use): one thread, or as many as the
+        model takes parallel calls (its ``parallel_calls`` attribute, e.g. a Whisper pool)."""
         with self._lock:
             worker = self._workers.get(id(model))
             if worker is None:
-                worker = self._workers[id(model)] = ModelWorker(name)
+                threads = max(1, int(getattr(model, "parallel_calls", 1)))
+                worker = self._workers[id(model)] = ModelWorker(name, threads=threads)
             return worker
 
     def voice(self, name: str = "") -> TextToSpeech:
@@ -257,6 +259,7 @@ def load_stt(settings: Settings, manager: ModelManager | None = None) -> SpeechT
         language=settings.stt.language,
         beam_size=settings.stt.beam_size,
         cpu_threads=settings.stt.cpu_threads,
+        instances=settings.stt.instances,
         no_speech_threshold=settings.stt.no_speech_threshold,
         log_prob_threshold=settings.stt.log_prob_threshold,
         fit_window=settings.stt.fit_window,
