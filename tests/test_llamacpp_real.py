@@ -141,6 +141,26 @@ def test_the_kept_cache_gives_the_same_reply_as_a_cold_start(llama: LlamaCppChat
     assert "".join(llama.stream(messages, threading.Event())) == expected
 
 
+def test_replies_interleaved_with_other_calls_are_the_replies_alone(llama: LlamaCppChat) -> None:
+    # The model worker sets a reply aside once its first words are out and serves another
+    # user's in between: each generator must find its own context again.
+    spider = [SYSTEM, {"role": "user", "content": "How many legs does a spider have?"}]
+    capital = [SYSTEM, {"role": "user", "content": "What is the capital of Italy?"}]
+    alone = ["".join(llama.stream(m, threading.Event())) for m in (spider, capital)]
+    parts: list[list[str]] = [[], []]
+    live = {i: llama.stream(m, threading.Event()) for i, m in enumerate((spider, capital))}
+    while live:
+        for index, generator in list(live.items()):
+            fragment = next(generator, None)
+            if fragment is None:
+                del live[index]
+            else:
+                parts[index].append(fragment)
+                llama.end_of_turn_probability([SYSTEM, {"role": "user", "content": "I want to"}])
+    assert ["".join(p) for p in parts] == alone
+    assert "8" in alone[0] or "eight" in alone[0].lower()
+
+
 def test_finished_words_are_more_likely_the_end_of_the_turn(llama: LlamaCppChat) -> None:
     def probability(text: str) -> float:
         return llama.end_of_turn_probability([SYSTEM, {"role": "user", "content": text}])

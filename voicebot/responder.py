@@ -169,16 +169,21 @@ class Responder:
             sentences = 0
             first_token_at = 0.0
             stop_event = _AnyEvent(cancel, llm_stop)
+            # Once the first words are out the rest has the time they take to say: the model
+            # may serve another user's first words in between (a model that allows it).
+            first_out = threading.Event()
 
             async def put(piece: str) -> None:
                 nonlocal sentences
                 metrics.setdefault("first_piece", ms_between(t0, clock()))
+                first_out.set()
                 await pieces.put(piece)
                 sentences += _ENDS_SENTENCE.search(piece) is not None
 
             try:
                 async for fragment in llm_worker.stream(
-                    lambda: self.llm.stream(messages, stop_event)
+                    lambda: self.llm.stream(messages, stop_event),
+                    yield_when=first_out if getattr(self.llm, "resumable", False) else None,
                 ):
                     if outcome.tokens == 0:
                         first_token_at = clock()

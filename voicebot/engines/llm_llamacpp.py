@@ -176,6 +176,9 @@ class LlamaCppChat:
         self.temperature = temperature
         self.repetition_penalty = repetition_penalty
         self._rng = np.random.default_rng()
+        self.resumable = True
+        """Other calls may run between two fragments of :meth:`stream` (the model worker
+        sets a reply aside once its first words are out, to start the next user's)."""
         self.device = "cpu"
         """Where the model runs."""
         self.name = str(path)
@@ -329,29 +332,36 @@ class LlamaCppChat:
         """Yield the reply in text fragments as the model writes it.
 
         Runs in the calling thread (the chat model's worker); checks ``cancel`` after every
-        token.
+        token. Other calls may run between two fragments (:attr:`resumable`): if they changed
+        the context, the generator reads its prompt and words again before going on (the
+        common prefix, such as the system prompt, stays).
         """
         tokens = self._prompt_tokens(messages)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with self._lock:
             self._prefill(tokens)
-            generated: list[int] = []
-            for _ in range(self.max_new_tokens):
-                if cancel.is_set():
-                    return
+            token = self._next_token([])
+        generated: list[int] = []
+        for _ in range(self.max_new_tokens):
+            if cancel.is_set():
+                return
+            if self._c.llama_token_is_eog(self._model.model, token):
+                break
+            generated.append(token)
+            text = decoder.decode(self._piece(token))
+            if text:
+                yield text
+            if cancel.is_set():
+                return
+            with self._lock:
+                if self._cached == tokens + generated[:-1]:
+                    self._decode([token], len(self._cached), 1)
+                else:  # another call used the context meanwhile
+                    self._prefill(tokens + generated)
                 token = self._next_token(generated)
-                if self._c.llama_token_is_eog(self._model.model, token):
-                    break
-                generated.append(token)
-                text = decoder.decode(self._piece(token))
-                if text:
-                    yield text
-                if cancel.is_set():
-                    return
-                self._decode([token], len(self._cached), 1)
-            rest = decoder.decode(b"", final=True)
-            if rest and not cancel.is_set():
-                yield rest
+        rest = decoder.decode(b"", final=True)
+        if rest and not cancel.is_set():
+            yield rest
 
     def _sentence_end_tokens(self) -> np.ndarray[Any, np.dtype[np.intp]]:
         """Tokens that end a sentence: those starting with ``.``, ``?`` or ``!`` (not an
