@@ -700,6 +700,8 @@ async def test_the_mic_client_saves_the_reply_on_ctrl_c_and_has_barge_in_off(
             session = next(iter(running.server.sessions.values()))
             while not session.metrics:  # noqa: ASYNC110  (a reply was answered in full)
                 await asyncio.sleep(0.02)
+            # ...and played: the client has had the time the audio lasts to receive it.
+            await session.wait_idle()
         assert session.barge_in is barge_in
     finally:
         client.cancel()  # what Ctrl-C does to asyncio.run's main task
