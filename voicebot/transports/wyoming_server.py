@@ -509,7 +509,6 @@ class _Handler(AsyncEventHandler):
         self._detected = False
         self._tts_stream: list[str] | None = None  # text of a synthesize-start stream so far
         self._tts_voice = ""
-        self._work: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Admit the client, then read its events until it leaves or misbehaves."""
@@ -536,7 +535,6 @@ class _Handler(AsyncEventHandler):
         except Exception:  # a loop boundary: log, close this client, keep serving others
             _LOGGER.exception("Wyoming connection from %s failed", self.address)
         finally:
-            await self._cancel_work()
             self.server.release(self.address)
             self.writer.close()
 
@@ -592,13 +590,6 @@ class _Handler(AsyncEventHandler):
     async def _error(self, code: str, text: str) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             await self.write_event(Error(text=text, code=code).event())
-
-    async def _cancel_work(self) -> None:
-        work, self._work = self._work, None
-        if work is not None and not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await work
 
     # --- asr and wake: audio in ---
 
