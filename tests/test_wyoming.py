@@ -206,6 +206,24 @@ async def test_a_spoken_question_is_transcribed(client: AsyncTcpClient, maker: S
     assert {"capital", "france"} <= words(text), text
 
 
+async def test_a_question_streamed_in_real_time_is_transcribed_once_it_ends(
+    client: AsyncTcpClient, maker: SpeechMaker
+) -> None:
+    # As Home Assistant streams: real time, audio-stop after its own end-of-speech silence.
+    # The transcript is made in the silence; it must be the whole question.
+    speech = maker.piper("What time does the bakery open tomorrow?") + silence(1.0, 16000)
+    await client.write_event(Transcribe(language="en").event())
+    await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+    step = 2 * 1024
+    for offset in range(0, len(speech), step):
+        chunk = AudioChunk(rate=16000, width=2, channels=1, audio=speech[offset : offset + step])
+        await client.write_event(chunk.event())
+        await asyncio.sleep(1024 / 16000)
+    await client.write_event(AudioStop().event())
+    text = Transcript.from_event((await read_until(client, "transcript"))[-1]).text
+    assert {"time", "bakery", "open", "tomorrow"} <= words(text), text
+
+
 async def test_audio_at_another_rate_and_in_stereo_is_converted(
     client: AsyncTcpClient, maker: SpeechMaker
 ) -> None:

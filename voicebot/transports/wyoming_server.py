@@ -26,6 +26,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -61,7 +62,7 @@ from wyoming.wake import Detect, Detection, NotDetected
 
 from ..audio import StreamResampler, check_sample_rate
 from ..config import Settings
-from ..engines import Engines
+from ..engines import Engines, Transcription, VoiceActivityDetector
 from ..engines.wake import BUILTIN_WAKE_WORDS, MicroWakeWordDetector
 from ..errors import AudioFormatError, ConfigError, VoicebotError
 from ..events import ErrorEvent, Event, ReplyDone, ReplyText
@@ -87,6 +88,10 @@ _MAX_CONVERSATIONS = 64
 """Conversations the ``handle`` program keeps open; the least recently used is closed."""
 _TTS_CHUNK_SAMPLES = 1024
 """Samples per ``audio-chunk`` of synthesized speech (wyoming-piper's default)."""
+_EARLY_SILENCE_BYTES = 2 * _RATE_HZ * 300 // 1000
+"""Silence after speech that starts a transcription before ``audio-stop`` (300 ms)."""
+_MIN_VOICED_FRAMES = 3
+"""Voiced frames in a row that count as speech (a click is not)."""
 _DISCARD_S = 5.0
 """After refusing an event too big, what the client still sends is read away this long."""
 
@@ -181,6 +186,53 @@ class _AudioIn:
                 f"{self.rate} Hz x {self.channels}"
             )
         return to_16k_mono(chunk.audio, chunk.width, chunk.channels, self._resampler)
+
+
+@dataclass
+class _EarlyTranscript:
+    voiced_end: int
+    """Bytes of audio up to the end of the last speech it covers."""
+    task: asyncio.Task[Transcription]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Consume a dropped task's outcome (so a failure is not reported as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _SpeechTracker:
+    """Where the last speech in a stream of 16 kHz audio ended (webrtcvad frames)."""
+
+    def __init__(self, vad_factory: Callable[[], VoiceActivityDetector]) -> None:
+        self._factory = vad_factory
+        self._vad = vad_factory()
+        self._frame_bytes = 2 * _RATE_HZ * self._vad.frame_ms // 1000
+        self._pending = b""
+        self._offset = 0
+        self._voiced_frames = 0
+        self.voiced_end = 0
+        """Bytes of audio up to the end of the last speech (0: none yet)."""
+
+    def reset(self) -> None:
+        self._vad = self._factory()
+        self._pending = b""
+        self._offset = 0
+        self._voiced_frames = 0
+        self.voiced_end = 0
+
+    def feed(self, pcm: bytes) -> None:
+        data = self._pending + pcm
+        usable = len(data) - len(data) % self._frame_bytes
+        for start in range(0, usable, self._frame_bytes):
+            self._offset += self._frame_bytes
+            if self._vad.is_speech(data[start : start + self._frame_bytes]):
+                self._voiced_frames += 1
+                if self._voiced_frames >= _MIN_VOICED_FRAMES:
+                    self.voiced_end = self._offset
+            else:
+                self._voiced_frames = 0
+        self._pending = data[usable:]
 
 
 class _SilentVoice:
@@ -504,6 +556,8 @@ class _Handler(AsyncEventHandler):
         self._request: Transcribe | Detect | None = None
         self._audio: _AudioIn | None = None
         self._pcm = bytearray()
+        self._early: _EarlyTranscript | None = None
+        self._speech = _SpeechTracker(self.app.engines.vad_factory)
         self._detector: MicroWakeWordDetector | None = None
         self._detect_names: list[str] = []
         self._detected = False
@@ -535,6 +589,7 @@ class _Handler(AsyncEventHandler):
         except Exception:  # a loop boundary: log, close this client, keep serving others
             _LOGGER.exception("Wyoming connection from %s failed", self.address)
         finally:
+            self._drop_early()
             self.server.release(self.address)
             self.writer.close()
 
@@ -553,6 +608,8 @@ class _Handler(AsyncEventHandler):
             elif AudioStart.is_type(kind):
                 self._audio = _AudioIn(AudioStart.from_event(event))
                 self._pcm.clear()
+                self._drop_early()
+                self._speech.reset()
                 if isinstance(self._request, Detect):
                     self._reset_detector()
             elif AudioChunk.is_type(kind):
@@ -623,6 +680,36 @@ class _Handler(AsyncEventHandler):
                 f"audio longer than {self.server.options.max_audio_s:.0f} s: the rest is dropped"
             )
         self._pcm += pcm
+        self._speech.feed(pcm)
+        self._maybe_transcribe_early()
+
+    def _maybe_transcribe_early(self) -> None:
+        """The speaker has paused: transcribe what was said, before ``audio-stop`` comes.
+
+        A client streaming in real time (Home Assistant) sends ``audio-stop`` only after its
+        own end-of-speech silence; by then this transcript is usually ready. Speech after it
+        makes it stale: the final one is then made from all the audio.
+        """
+        speech = self._speech
+        if speech.voiced_end == 0 or len(self._pcm) - speech.voiced_end < _EARLY_SILENCE_BYTES:
+            return
+        early = self._early
+        if early is not None and early.voiced_end == speech.voiced_end:
+            return  # already made for this pause
+        self._drop_early()
+        engines = self.app.engines
+        worker = engines.worker(engines.stt, "stt")
+        task = asyncio.create_task(
+            worker.run(engines.stt.transcribe, bytes(self._pcm), priority=Priority.NORMAL),
+            name="early-transcript",
+        )
+        self._early = _EarlyTranscript(speech.voiced_end, task)
+
+    def _drop_early(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:
+            early.task.cancel()  # still queued: it never runs
+            early.task.add_done_callback(_retrieve)
 
     async def _on_audio_stop(self) -> None:
         if self._audio is None:
@@ -634,9 +721,18 @@ class _Handler(AsyncEventHandler):
                 await self.write_event(NotDetected().event())
             return
         pcm, self._pcm = bytes(self._pcm), bytearray()
-        engines = self.app.engines
-        worker = engines.worker(engines.stt, "stt")
-        result = await worker.run(engines.stt.transcribe, pcm, priority=Priority.URGENT)
+        early, self._early = self._early, None
+        result: Transcription | None = None
+        if early is not None and early.voiced_end == self._speech.voiced_end:
+            with contextlib.suppress(Exception):  # failed: transcribe again below
+                result = await early.task
+        elif early is not None:
+            early.task.cancel()
+            early.task.add_done_callback(_retrieve)
+        if result is None:
+            engines = self.app.engines
+            worker = engines.worker(engines.stt, "stt")
+            result = await worker.run(engines.stt.transcribe, pcm, priority=Priority.URGENT)
         language = result.language or self.app.settings.stt.language or None
         await self.write_event(TranscriptStart(language=language).event())
         if result.text:
