@@ -27,6 +27,10 @@ def test_the_table_names_the_cpu_and_both_servers() -> None:
         "recordings": 6,
         "results": {
             "time_to_transcript_ms": {"voicebot": timing, "wyoming-faster-whisper": timing},
+            "time_to_transcript_streamed_ms": {
+                "voicebot": timing,
+                "wyoming-faster-whisper": timing,
+            },
             "time_to_first_audio_ms": {"voicebot": timing, "wyoming-piper": timing},
             "time_to_audio_stop_ms": {"voicebot": timing, "wyoming-piper": timing},
             "words_misheard": {"voicebot": 2, "wyoming-faster-whisper": 1},

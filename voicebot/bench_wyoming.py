@@ -48,6 +48,12 @@ QUESTIONS = (
 """Recorded (Piper) for the speech-to-text runs, and spoken in the text-to-speech runs."""
 
 _START_TIMEOUT_S = 300.0
+_TRAILING_S = 0.8
+"""Silence after each question in the real-time run: a client's end-of-speech wait."""
+
+
+def _silence_s(seconds: float) -> bytes:
+    return bytes(2 * round(16000 * seconds))
 
 
 def run(
@@ -213,8 +219,11 @@ async def _describes(port: int) -> bool:
     return False
 
 
-async def _transcribe(port: int, pcm: bytes) -> tuple[float, str]:
-    """Seconds from audio-stop to the transcript, and its text."""
+async def _transcribe(port: int, pcm: bytes, *, realtime: bool = False) -> tuple[float, str]:
+    """Seconds from audio-stop to the transcript, and its text.
+
+    ``realtime`` streams the audio at its own pace, as Home Assistant does (else at once).
+    """
     client = AsyncTcpClient("127.0.0.1", port)
     await client.connect()
     try:
@@ -223,6 +232,8 @@ async def _transcribe(port: int, pcm: bytes) -> tuple[float, str]:
         for offset in range(0, len(pcm), 2048):
             chunk = AudioChunk(rate=16000, width=2, channels=1, audio=pcm[offset : offset + 2048])
             await client.write_event(chunk.event())
+            if realtime:
+                await asyncio.sleep(1024 / 16000)
         await client.write_event(AudioStop().event())
         sent = time.perf_counter()
         async with asyncio.timeout(120):
@@ -280,8 +291,17 @@ async def _measure(
                 first_audio[name].append(first)
                 all_audio[name].append(total)
         log(f"round {round_ + 1}/{repeats} done")
+    streamed: dict[str, list[float]] = {name: [] for name in stt_pairs}
+    for pcm in recordings:  # real time, then the end-of-speech silence a client waits for
+        for name in stt_pairs:
+            seconds, _ = await _transcribe(
+                ports[name], pcm + _silence_s(_TRAILING_S), realtime=True
+            )
+            streamed[name].append(seconds)
+    log("real-time round done")
     return {
         "time_to_transcript_ms": {n: _stats(v) for n, v in stt.items()},
+        "time_to_transcript_streamed_ms": {n: _stats(v) for n, v in streamed.items()},
         "time_to_first_audio_ms": {n: _stats(v) for n, v in first_audio.items()},
         "time_to_audio_stop_ms": {n: _stats(v) for n, v in all_audio.items()},
         "transcripts": texts,
@@ -331,6 +351,11 @@ def format_table(document: dict[str, Any]) -> str:
     ]
     rows = (
         ("time to transcript (from audio-stop)", "time_to_transcript_ms", "wyoming-faster-whisper"),
+        (
+            "time to transcript, streamed in real time + 0.8 s silence",
+            "time_to_transcript_streamed_ms",
+            "wyoming-faster-whisper",
+        ),
         ("time to first audio (from synthesize)", "time_to_first_audio_ms", "wyoming-piper"),
         ("time to audio-stop (from synthesize)", "time_to_audio_stop_ms", "wyoming-piper"),
     )
