@@ -9,6 +9,7 @@ satellite and starting it again must reconnect.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import signal
@@ -38,7 +39,7 @@ _WAIT_S = 120.0
 class Satellite:
     """A wyoming-satellite process with a recording for a microphone and a file for a speaker."""
 
-    def __init__(self, workdir: Path, recording: Path) -> None:
+    def __init__(self, workdir: Path, recording: Path, *, zeroconf_name: str = "") -> None:
         assert SATELLITE_PYTHON.exists(), "wyoming-satellite is missing: run `make test`"
         self.port = free_port()
         self.workdir = workdir
@@ -47,6 +48,11 @@ class Satellite:
         self.log = workdir / "satellite.log"
         self.mic = f"sh -c 'while true; do cat {shlex.quote(str(recording))}; sleep 6; done'"
         self.process: subprocess.Popen[bytes] | None = None
+        self.zeroconf = (
+            ["--zeroconf-name", zeroconf_name, "--zeroconf-host", "127.0.0.1"]
+            if zeroconf_name
+            else ["--no-zeroconf"]
+        )
 
     def start(self) -> None:
         self.sound.write_bytes(b"")
@@ -59,7 +65,7 @@ class Satellite:
             "test satellite",
             "--uri",
             f"tcp://127.0.0.1:{self.port}",
-            "--no-zeroconf",
+            *self.zeroconf,
             "--mic-command",
             self.mic,
             "--snd-command",
@@ -154,3 +160,35 @@ def test_the_satellite_is_answered_and_reconnects_after_a_kill(
     time.sleep(2.0)
     heard = reply_heard(satellite, stt)
     assert "42" in heard or "forty-two" in heard.lower(), heard
+
+
+async def test_discovery_finds_satellites_and_skips_other_wyoming_services(
+    hub_and_satellite: tuple[ServerProcess, Satellite], recording: Path, tmp_path: Path
+) -> None:
+    from voicebot.transports.wyoming_discovery import SatelliteBrowser, announce
+
+    server, _ = hub_and_satellite
+    satellite = Satellite(tmp_path, recording, zeroconf_name="voicebot-test-satellite")
+    satellite.start()
+    # voicebot's own server, announced too: a Wyoming service, but not a satellite.
+    close = await announce("voicebot-test-server", server.port, "127.0.0.1")
+    found: list[str] = []
+    wanted = f"tcp://127.0.0.1:{satellite.port}"
+    seen = asyncio.Event()
+
+    def note(uri: str) -> None:
+        found.append(uri)
+        if uri == wanted:
+            seen.set()
+
+    browser = SatelliteBrowser(note)
+    try:
+        await browser.start()
+        async with asyncio.timeout(60):
+            await seen.wait()
+        await asyncio.sleep(2.0)  # time to (wrongly) take the server for a satellite
+    finally:
+        await browser.close()
+        await close()
+        satellite.kill()
+    assert found == [wanted]
