@@ -161,6 +161,30 @@ def test_replies_interleaved_with_other_calls_are_the_replies_alone(llama: Llama
     assert "8" in alone[0] or "eight" in alone[0].lower()
 
 
+def test_users_taking_turns_each_find_their_own_history_still_read(
+    llama: LlamaCppChat,
+) -> None:
+    history = {
+        name: [
+            SYSTEM,
+            {"role": "user", "content": f"My name is {name}. I live in {town}."},
+            {"role": "assistant", "content": f"Nice to meet you, {name}. {town} is lovely."},
+        ]
+        for name, town in (("Ada", "Porto"), ("Bob", "Oslo"), ("Cleo", "Lima"))
+    }
+    for name in history:  # each conversation read once
+        "".join(llama.stream(history[name], threading.Event()))
+    for name in history:  # then every user's next turn, one after the other
+        asked = [*history[name], {"role": "user", "content": "Where do I live?"}]
+        before = llama.tokens_read
+        llama.end_of_turn_probability(asked)  # reads the prompt, writes nothing
+        new_tokens = llama.count_tokens(asked) - llama.count_tokens(history[name])
+        # Only the new turn is read: the history is still in its slot.
+        assert llama.tokens_read - before <= new_tokens
+        assert "".join(llama.stream(asked, threading.Event()))
+    assert llama.slots >= len(history)
+
+
 def test_finished_words_are_more_likely_the_end_of_the_turn(llama: LlamaCppChat) -> None:
     def probability(text: str) -> float:
         return llama.end_of_turn_probability([SYSTEM, {"role": "user", "content": text}])

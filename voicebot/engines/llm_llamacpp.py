@@ -11,7 +11,9 @@ Two things make it fit a voice loop:
 - **The KV cache is kept between calls** and only the tokens after the longest common prefix
   are read: the system prompt is read once, an end-of-turn question
   (:meth:`~LlamaCppChat.end_of_turn_probability`) leaves the user's words in the cache for the
-  reply that follows, and a turn costs only its own new tokens.
+  reply that follows, and a turn costs only its own new tokens. The context holds several
+  conversations at once (one llama.cpp sequence per slot, ``slots``): users of one server who
+  take turns each find their own history still read, instead of the last user's.
 - **Prompts are read 16 tokens at a time.** This build's batched matrix kernels give wrong
   logits for batches of more than 16 tokens of this model on AVX2 (measured: identical logits
   to token-by-token evaluation up to 16, different from 32 on); the engine checks the chunked
@@ -41,6 +43,10 @@ _LOGGER = logging.getLogger(__name__)
 
 _PREFILL_CHUNK = 16
 """Prompt tokens per llama_decode call (see the module docstring)."""
+_SAME_CONVERSATION_TAIL = 16
+"""A slot continues a conversation when the new prompt shares all its tokens but at most
+this many at the end: the user's words re-read with their punctuation after the end-of-turn
+judgement, a reply cut short by the user and stored as heard."""
 _SELF_CHECK_TEXT = (
     "The quick brown fox jumps over the lazy dog while the cat sleeps on a warm windowsill "
     "and the birds sing in the garden behind the old stone house by the river."
@@ -120,6 +126,7 @@ class LlamaCppChat:
         repetition_penalty: float = 1.0,
         threads: int = 0,
         context_tokens: int = 2048,
+        slots: int = 4,
     ) -> None:
         """Load a model.
 
@@ -131,6 +138,8 @@ class LlamaCppChat:
             threads: CPU threads; 0 for one less than the physical cores (at least 1): the
                 other core is left to speech recognition and synthesis.
             context_tokens: Context window to allocate (the prompt budget plus the reply).
+            slots: Conversations whose keys and values the context keeps at once (each takes
+                up to ``context_tokens`` of the cache, allocated as it is used).
 
         Raises:
             ModelError: ik-llama-cpp-python is not installed, or the model cannot be loaded.
@@ -154,21 +163,43 @@ class LlamaCppChat:
             ctypes.c_int32,
         ]
         self._lib.llama_kv_cache_seq_rm.restype = ctypes.c_bool
+        self._lib.llama_kv_cache_seq_cp.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.c_int32,
+        ]
+        self._lib.llama_kv_cache_seq_cp.restype = None
         self.threads = threads or max(1, physical_cores() - 1)
         """CPU threads."""
         self.context_tokens = context_tokens + max_new_tokens
-        """Tokens the context holds."""
+        """Tokens one conversation may take in the context."""
+        self.slots = max(1, slots)
+        """Conversations the context keeps at once."""
         try:
             template, self._bos, self._eos = _gguf_chat_metadata(path)
             self._model: Any = IkModel(str(path))
             self._ctx: Any = IkContext(
-                self._model, n_ctx=self.context_tokens, n_threads=self.threads, flash_attn=False
+                self._model,
+                n_ctx=self.context_tokens * self.slots,
+                n_threads=self.threads,
+                flash_attn=False,
+                n_seq_max=self.slots,
             )
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelError(f"cannot load chat model {path}: {error}") from error
         self._template = compile_chat_template(template, path)
         self._n_vocab = int(self._model.n_vocab)
-        self._cached: list[int] = []  # the tokens whose keys and values are in the context
+        # Per slot (llama.cpp sequence): the tokens whose keys and values are in the context,
+        # and when the slot was last used.
+        self._slot_tokens: list[list[int]] = [[] for _ in range(self.slots)]
+        self._slot_used = [0] * self.slots
+        self._uses = 0
+        self._slot = 0  # the slot the last prefill chose
+        self.tokens_read = 0
+        """Tokens read into the context so far (prompts and replies): what the cache saved
+        shows here."""
         # A llama.cpp context is not safe to enter from two threads; the session's worker
         # already serialises calls, this guards direct users.
         self._lock = threading.Lock()
@@ -240,8 +271,14 @@ class LlamaCppChat:
 
     # -- the context ----------------------------------------------------------------------
 
+    @property
+    def _cached(self) -> list[int]:
+        """The tokens in the current slot."""
+        return self._slot_tokens[self._slot]
+
     def _decode(self, tokens: list[int], start: int, chunk: int) -> None:
-        """Read ``tokens`` at positions from ``start``; logits for the last one only."""
+        """Read ``tokens`` into the current slot at positions from ``start``; logits for the
+        last one only."""
         for offset in range(0, len(tokens), chunk):
             part = tokens[offset : offset + chunk]
             last = offset + len(part) >= len(tokens)
@@ -252,7 +289,7 @@ class LlamaCppChat:
                     batch.token[i] = token
                     batch.pos[i] = start + offset + i
                     batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
+                    batch.seq_id[i][0] = self._slot
                     batch.logits[i] = 1 if last and i == len(part) - 1 else 0
                 result = self._c.llama_decode(self._ctx.ctx, batch)
             finally:
@@ -261,6 +298,7 @@ class LlamaCppChat:
                 self._forget()
                 raise EngineError(f"llama_decode failed ({result})")
             self._cached.extend(part)
+            self.tokens_read += len(part)
 
     def _logits(self) -> np.ndarray[Any, np.dtype[np.float32]]:
         pointer = self._c.llama_get_logits_ith(self._ctx.ctx, -1)
@@ -271,26 +309,51 @@ class LlamaCppChat:
 
     def _forget(self) -> None:
         self._c.llama_kv_cache_clear(self._ctx.ctx)
-        self._cached = []
+        for tokens in self._slot_tokens:
+            tokens.clear()
 
-    def _prefill(self, tokens: list[int]) -> None:
-        """Make the context hold exactly ``tokens``, reading only what is not there yet."""
+    def _prefill(self, tokens: list[int]) -> int:
+        """Make a slot hold exactly ``tokens``, reading only what is not there yet; returns
+        the slot, now the current one.
+
+        The slot is the one holding the most of ``tokens`` when that is its own conversation
+        going on (all it holds but its last few tokens is a prefix); otherwise the least
+        recently used other slot, given the shared prefix (the system prompt) by a copy, so
+        the conversation in the best slot stays for its user's next turn.
+        """
         if len(tokens) + 1 > self.context_tokens:
             raise EngineError(
                 f"prompt of {len(tokens)} tokens does not fit the {self.context_tokens}-token "
                 "context"
             )
-        common = 0
-        limit = min(len(self._cached), len(tokens) - 1)  # read at least one: fresh logits
-        while common < limit and self._cached[common] == tokens[common]:
-            common += 1
-        if common < len(self._cached):
-            if not self._lib.llama_kv_cache_seq_rm(self._ctx.ctx, 0, common, -1):
-                self._forget()
-                common = 0
+        limit = len(tokens) - 1  # read at least one token: fresh logits
+        common = [_common_prefix(cached, tokens, limit) for cached in self._slot_tokens]
+        best = max(range(self.slots), key=lambda i: (common[i], self._slot_used[i]))
+        held = len(self._slot_tokens[best])
+        if common[best] >= held - _SAME_CONVERSATION_TAIL or self.slots == 1:
+            slot, shared = best, common[best]
+        else:
+            slot = min(
+                (i for i in range(self.slots) if i != best), key=lambda i: self._slot_used[i]
+            )
+            shared = common[best]
+            if common[slot] < shared:
+                self._lib.llama_kv_cache_seq_rm(self._ctx.ctx, slot, 0, -1)
+                self._lib.llama_kv_cache_seq_cp(self._ctx.ctx, best, slot, 0, shared)
+                self._slot_tokens[slot] = list(tokens[:shared])
             else:
-                del self._cached[common:]
-        self._decode(tokens[common:], common, self.prefill_chunk)
+                shared = common[slot]
+        self._slot = slot
+        self._uses += 1
+        self._slot_used[slot] = self._uses
+        cached = self._slot_tokens[slot]
+        if shared < len(cached):
+            if not self._lib.llama_kv_cache_seq_rm(self._ctx.ctx, slot, shared, -1):
+                self._lib.llama_kv_cache_seq_rm(self._ctx.ctx, slot, 0, -1)
+                shared = 0
+            del cached[shared:]
+        self._decode(tokens[shared:], shared, self.prefill_chunk)
+        return slot
 
     def _check_prefill(self) -> int:
         """The largest prompt chunk whose logits match one-token reads (see module doc)."""
@@ -339,7 +402,7 @@ class LlamaCppChat:
         tokens = self._prompt_tokens(messages)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with self._lock:
-            self._prefill(tokens)
+            slot = self._prefill(tokens)
             token = self._next_token([])
         generated: list[int] = []
         for _ in range(self.max_new_tokens):
@@ -354,10 +417,11 @@ class LlamaCppChat:
             if cancel.is_set():
                 return
             with self._lock:
-                if self._cached == tokens + generated[:-1]:
+                if self._slot_tokens[slot] == tokens + generated[:-1]:
+                    self._slot = slot
                     self._decode([token], len(self._cached), 1)
-                else:  # another call used the context meanwhile
-                    self._prefill(tokens + generated)
+                else:  # another call took this slot meanwhile
+                    slot = self._prefill(tokens + generated)
                 token = self._next_token(generated)
         rest = decoder.decode(b"", final=True)
         if rest and not cancel.is_set():
@@ -406,3 +470,11 @@ class LlamaCppChat:
         logits -= logits.max()
         probabilities = np.exp(logits)
         return float(probabilities[self._ends].sum() / probabilities.sum())
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    count, end = 0, min(len(a), len(b), limit)
+    while count < end and a[count] == b[count]:
+        count += 1
+    return count
