@@ -344,7 +344,8 @@ def format_table(document: dict[str, Any]) -> str:
         f"CPU: {cpu['model']} ({machine['physical_cores']} physical cores; {flags})",
         f"{document['recordings']} recordings x {document['repeats']} rounds; "
         f"speech model {Path(document['stt_model']).name}, beam {document['beam_size']}, "
-        f"{document['stt_threads']} threads each; voice {Path(document['voice']).stem}",
+        f"wyoming-faster-whisper on {document['stt_threads']} threads, voicebot as its [stt] "
+        f"settings say; voice {Path(document['voice']).stem}",
         "",
         "| measure | voicebot p50 / p95 (ms) | reference | reference p50 / p95 (ms) |",
         "|---|---|---|---|",
