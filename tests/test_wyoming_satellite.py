@@ -119,14 +119,16 @@ def hub_and_satellite(
 ) -> Iterator[tuple[ServerProcess, Satellite]]:
     satellite = Satellite(tmp_path_factory.mktemp("sat"), recording)
     satellite.start()
-    server = start_wyoming(
-        tmp_path_factory.mktemp("hub"), "--satellite", f"tcp://127.0.0.1:{satellite.port}"
-    )
     try:
-        yield server, satellite
+        server = start_wyoming(
+            tmp_path_factory.mktemp("hub"), "--satellite", f"tcp://127.0.0.1:{satellite.port}"
+        )
+        try:
+            yield server, satellite
+        finally:
+            stop(server)
     finally:
         satellite.kill()
-        stop(server)
 
 
 def reply_heard(satellite: Satellite, stt: SpeechToText) -> str:
