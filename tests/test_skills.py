@@ -957,6 +957,81 @@ async def test_the_daemon_chimes_and_says_a_timer_is_done_without_the_wake_word(
     store.close()
 
 
+async def test_the_daemon_rings_a_finished_timer_until_the_user_says_stop(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from voicebot.audio import silence
+    from voicebot.config import DaemonSettings
+    from voicebot.engines.fake import FakeWakeWord, tone
+    from voicebot.events import AudioOut, TimerDismissed
+    from voicebot.transports.daemon import Daemon, cue
+
+    from .conftest import paced
+
+    clock = FakeClock()
+    store = Store(tmp_path / "d.db")
+    timers = TimerService(store, clock=clock)
+    skills = SkillRouter(timers=timers, clock=clock)
+    recorder = Signalling()
+    engines = Engines(
+        stt=FakeStt(["Set a timer for five seconds.", "Stop."]),
+        llm=FakeChat(["The model answered."]),
+        tts=FakeTts(seconds_per_char=0.01),
+        vad_factory=FakeVad,
+    )
+
+    def conversation(sink):  # type: ignore[no-untyped-def]
+        return Session(
+            engines,
+            settings,
+            sink=sink,
+            store=store,
+            barge_in=False,
+            skills=skills,
+            timer_key="daemon",
+        )
+
+    daemon = Daemon(
+        DaemonSettings(
+            follow_up_s=1.0,
+            command_timeout_s=2.0,
+            timer_ring_interval_s=0.3,
+            timer_ring_max_s=60.0,
+        ),
+        wake=FakeWakeWord(),
+        make_conversation=conversation,
+        speaker=recorder,
+        output_sample_rate_hz=16000,
+    )
+    command = tone(0.5, hz=880.0, level=0.4) + silence(0.2, 16000) + tone(0.8, hz=220.0)
+    chime = cue("timer", 16000)
+
+    def chimes() -> int:
+        return sum(1 for e in recorder.of(AudioOut) if e.turn_id == 0 and e.pcm == chime)
+
+    async def source():  # type: ignore[no-untyped-def]
+        async for chunk in paced(command + silence(4.0, 16000), speed=2.0):
+            yield chunk
+        clock.advance(5)
+        await timers.check()  # the timer ends while the daemon sleeps
+        async for chunk in paced(silence(4.0, 16000), speed=2.0):  # 2 s: it keeps ringing
+            yield chunk
+        ringing = chimes()
+        assert ringing >= 3
+        # "Okay Nabu... stop."
+        async for chunk in paced(command + silence(3.0, 16000), speed=2.0):
+            yield chunk
+        assert recorder.of(TimerDismissed)
+        stopped = chimes()
+        async for chunk in paced(silence(3.0, 16000), speed=2.0):  # 1.5 s: no more chimes
+            yield chunk
+        assert chimes() == stopped
+
+    await asyncio.wait_for(daemon.run(source, restart=False), 60)
+    assert timers.running("daemon") == []
+    store.close()
+
+
 async def test_voicebot_chat_chimes_before_the_timer_is_named() -> None:
     from voicebot.transports.daemon import cue
     from voicebot.transports.mic import with_timer_chime

@@ -277,6 +277,11 @@ class DaemonSettings:
     """After a reply, the user can answer back without the wake word within this."""
     conversation_timeout_s: float = 300.0
     """A wake-up within this of the last turn continues the same conversation."""
+    timer_ring_interval_s: float = 5.0
+    """A finished timer chimes again this often until the user says "stop" (wake word, then
+    "stop"), never while a conversation is going on."""
+    timer_ring_max_s: float = 300.0
+    """A timer nobody stops rings this long at most."""
     status_file: str = ""
     """Write the current state as JSON here on every change."""
     status_port: int = 0

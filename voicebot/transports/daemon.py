@@ -41,10 +41,13 @@ from ..events import (
     SpeechStarted,
     SpeechStopped,
     StateChanged,
+    TimerDismissed,
     TimerFinished,
     Transcript,
     WakeWordDetected,
 )
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import VoiceMetrics
 from ..workers import ModelWorker
 from .client import ServerUnavailable
 
@@ -168,14 +171,28 @@ async def _ping_watchdog(interval_s: float) -> None:
 class StatusReporter:
     """Publishes the daemon's state: log, hook command, status file and local HTTP endpoint."""
 
-    def __init__(self, settings: DaemonSettings, *, hook_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        hook_timeout_s: float = 10.0,
+        workers: Callable[[], list[ModelWorker]] | None = None,
+    ) -> None:
         """Create a reporter from the daemon settings.
 
         Args:
             settings: The daemon settings (status file, port, hook).
             hook_timeout_s: A state hook still running after this is killed.
+            workers: Reads the model workers (their queues are in the metrics).
         """
         self.settings = settings
+        self.metrics = VoiceMetrics(
+            sessions=lambda: int(self.state not in (None, SessionState.IDLE)),
+            workers=workers,
+            role="daemon",
+        )
+        """Prometheus metrics, at ``/metrics`` on the status port (the session is the one
+        conversation: active while awake)."""
         self.hook_timeout_s = hook_timeout_s
         """A state hook still running after this is killed."""
         self.state: SessionState | None = None
@@ -209,10 +226,14 @@ class StatusReporter:
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(5):
-                await reader.readuntil(b"\r\n\r\n")
-            body = json.dumps(self.snapshot()).encode()
+                request = await reader.readuntil(b"\r\n\r\n")
+            target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
+            if target.split(b"?", 1)[0] == b"/metrics":
+                body, kind = self.metrics.exposition(), METRICS_CONTENT_TYPE
+            else:
+                body, kind = json.dumps(self.snapshot()).encode(), "application/json"
             writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\n".encode()
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )
@@ -355,6 +376,7 @@ class Daemon:
         """Input stream times (s) of every wake word detection."""
         self._stream_s = 0.0
         self._stopping = asyncio.Event()
+        self._ringing: dict[str, asyncio.Task[None]] = {}  # finished timers, until "stop"
 
     @property
     def awake(self) -> bool:
@@ -422,6 +444,9 @@ class Daemon:
                 watchdog.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
+            for ring in self._ringing.values():
+                ring.cancel()
+            self._ringing.clear()
             if self._conversation is not None:
                 await self._conversation.close()
             self._wake_worker.close()
@@ -522,6 +547,20 @@ class Daemon:
             sd_notify(f"STATUS={state.value}")
             await self.speaker(StateChanged(state))
 
+    async def _ring(self, timer_id: str) -> None:
+        """Chime for a finished timer every ``timer_ring_interval_s`` until it is dismissed
+        (its task is cancelled) or ``timer_ring_max_s`` has passed; quiet while awake."""
+        settings = self.settings
+        rings = max(0, int(settings.timer_ring_max_s / max(settings.timer_ring_interval_s, 0.1)))
+        try:
+            for _ in range(rings):
+                await asyncio.sleep(settings.timer_ring_interval_s)
+                if not self._awake:
+                    await self._play_cue("timer")
+        finally:
+            if self._ringing.get(timer_id) is asyncio.current_task():
+                del self._ringing[timer_id]
+
     async def _play_cue(self, kind: str) -> float:
         """Play a cue; returns its length in seconds."""
         pcm = cue(kind, self._rate)
@@ -529,6 +568,7 @@ class Daemon:
         return len(pcm) / 2 / self._rate
 
     async def _on_event(self, event: Event) -> None:
+        self.status.metrics.observe(event)
         now = self._clock()
         if isinstance(event, SpeechStarted):
             self._speech_open = True
@@ -553,7 +593,15 @@ class Daemon:
             await self.speaker(event)
             await self._play_cue("timer")
             self._last_activity = now
+            if event.timer_id not in self._ringing:
+                self._ringing[event.timer_id] = asyncio.create_task(
+                    self._ring(event.timer_id), name=f"timer-ring-{event.timer_id}"
+                )
             return
+        elif isinstance(event, TimerDismissed):
+            ring = self._ringing.pop(event.timer_id, None)
+            if ring is not None:
+                ring.cancel()
         elif isinstance(event, ErrorEvent) and event.code == ServerUnavailable.code:
             # Satellite mode: the server cannot be reached or went away. Mid-conversation
             # that ends it: say so (a falling chime) and wait for the wake word again.
