@@ -727,6 +727,8 @@ async def test_the_client_reports_an_abnormal_close_and_exits_non_zero(
         str(question),
         "--output",
         str(tmp_path / "r.wav"),
+        "--reconnect-for",
+        "0",  # by default it would reconnect and resume (tests/test_replicas.py)
     ]
     try:
         client = asyncio.create_task(asyncio.to_thread(main, argv))

@@ -503,7 +503,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         try:
             await server.serve_forever()
         finally:
-            await server.close()
+            # SIGTERM or Ctrl-C: replies in progress finish, the rest are closed with 1001.
+            await server.drain()
         return 0
 
     try:
@@ -548,6 +549,8 @@ async def _client(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+        fallback_urls=args.more_urls,
+        reconnect_for_s=args.reconnect_for,
     started = time.perf_counter()
     timeline = Timeline(out_rate, lambda: time.perf_counter() - started)
     speaker = None
@@ -579,7 +582,16 @@ async def _client(args: argparse.Namespace) -> int:
                     timeline.add(item, out_rate)
                 continue
             kind = item.get("type")
-            if kind == "transcript" and item.get("text"):
+            if kind == "reconnecting":
+                why = f"{item['code']} {item['reason']}".strip()
+                print(f"[connection closed ({why}): reconnecting]", file=sys.stderr, flush=True)
+            elif kind == "ready":
+                print(
+                    f"[resumed conversation {item['conversation_id']} at {client.url}]",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif kind == "transcript" and item.get("text"):
                 print(f"you: {item['text']}", flush=True)
             elif kind == "reply_done":
                 print(f"{name}: {item['text']}", flush=True)
@@ -717,7 +729,9 @@ async def _daemon(
             timer_key=_DAEMON_TIMERS,
         )
 
-    status = StatusReporter(settings.daemon)
+    status = StatusReporter(
+        settings.daemon, workers=engines.workers if engines is not None else None
+    )
     daemon = Daemon(
         settings.daemon,
         wake=wake,
@@ -1152,6 +1166,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     daemon = sub.add_parser("daemon", help="smart-speaker mode: wake word, then talk")
     daemon.add_argument(
+    client.add_argument(
+        "more_urls",
+        nargs="*",
+        metavar="URL",
+        help="other replicas, tried in turn when reconnecting",
+    )
+    client.add_argument(
+        "--reconnect-for",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="after a dropped connection or 1001 (server going away), reconnect and resume "
+        "the conversation for up to S seconds (0: do not; default 60)",
+    )
         "--wake-word",
         dest="daemon.wake_word",
         metavar="NAME",

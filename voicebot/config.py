@@ -181,6 +181,20 @@ class LlmSettings:
     """Torch threads on the CPU; 0 uses the number of physical cores."""
 
 
+    base_url: str = ""
+    """``backend = "openai"``: the OpenAI-compatible server, e.g. ``http://gpu-box:8080/v1``
+    (llama.cpp's server), ``http://gpu-box:8000/v1`` (vLLM), ``http://gpu-box:11434/v1``
+    (Ollama). ``model`` is then the name that server knows the model by."""
+    api_key: str = ""
+    """``backend = "openai"``: the server's API key; set it in the environment
+    (``VOICEBOT_LLM_API_KEY``), not in a file. Empty sends a placeholder."""
+    timeout_s: float = 10.0
+    """``backend = "openai"``: longest wait for the server to connect, or for the next
+    token, before the turn fails with an ``error`` event and a spoken apology."""
+    tokenizer: str = ""
+    """``backend = "openai"``: a local tokenizer for the token budget (a catalog id, or a
+    ``tokenizer.json`` or a directory holding one). Empty: the catalog model of the same
+    name when there is one, else an estimate (4 characters a token)."""
 @dataclass(frozen=True)
 class TtsSettings:
     """Text to speech (Piper)."""
@@ -261,6 +275,9 @@ class ServerSettings:
     """A client kept paced this long without a break is closed with 1008 ``too fast``."""
 
 
+    drain_timeout_s: float = 20.0
+    """On SIGTERM: longest wait for replies in progress to finish before the remaining
+    sessions are closed with 1001 (their clients reconnect, to another replica)."""
 @dataclass(frozen=True)
 class DaemonSettings:
     """The smart-speaker daemon."""

@@ -94,6 +94,11 @@ class Engines:
                 worker = self._workers[id(model)] = ModelWorker(name, threads=threads)
             return worker
 
+    def workers(self) -> list[ModelWorker]:
+        """Every model worker made so far (the metrics report their queues)."""
+        with self._lock:
+            return list(self._workers.values())
+
     def voice(self, name: str = "") -> TextToSpeech:
         """The voice called ``name`` (empty: the default), loading it on first use.
 

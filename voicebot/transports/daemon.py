@@ -229,7 +229,7 @@ class StatusReporter:
                 request = await reader.readuntil(b"\r\n\r\n")
             target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
             if target.split(b"?", 1)[0] == b"/metrics":
-                body, kind = self.metrics.exposition(), METRICS_CONTENT_TYPE
+                body, kind = self.metrics.exposition(), f"{METRICS_CONTENT_TYPE}; charset=utf-8"
             else:
                 body, kind = json.dumps(self.snapshot()).encode(), "application/json"
             writer.write(

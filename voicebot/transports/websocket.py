@@ -43,6 +43,8 @@ from ..events import (
     SpeechStopped,
     Transcript,
 )
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import VoiceMetrics
 from ..protocol import (
     FactsMessage,
     ForgetFactMessage,
@@ -180,9 +182,15 @@ class VoiceServer:
         self._closing = False
         self._server: Server | None = None
         self._stats = _Stats()
+        self._draining = False
+        self.health = "loading"
+        """``loading`` (not listening yet), ``ready``, or ``draining`` (SIGTERM: no new
+        sessions, replies in progress finish): what ``/healthz`` says."""
         self._handlers: set[asyncio.Task[Any]] = set()
         self.timers = timers or TimerService(store)
         """Every session's timers: they outlive a connection and survive a restart."""
+        self.metrics = VoiceMetrics(sessions=lambda: len(self.sessions), workers=engines.workers)
+        """What ``/metrics`` serves (Prometheus)."""
         self.skills = (
             SkillRouter(settings.skills, timers=self.timers) if settings.skills.enabled else None
         )
@@ -235,9 +243,45 @@ class VoiceServer:
         )
 
     async def serve_forever(self) -> None:
-        """Serve until cancelled."""
+        self.health = "ready"
+        """Serve until cancelled; then call :meth:`drain` or :meth:`close`.
+
+        Cancelling this does not touch the connections (the websockets server's own
+        ``serve_forever`` would close them all with 1001 at once, before a drain).
+        """
         assert self._server is not None
-        await self._server.serve_forever()
+        await self._server.wait_closed()
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Shut down gracefully, for a replica behind a load balancer (SIGTERM).
+
+        ``/healthz`` says ``draining`` (503) and new websocket handshakes get 503 at once;
+        replies in progress finish, for at most ``timeout_s`` (default ``[server]
+        drain_timeout_s``); then every session is closed with 1001, so its client reconnects,
+        to another replica, and resumes its conversation. Cancelling this (a second signal)
+        closes at once.
+        """
+        if self._server is None:
+            return
+        self._draining = True
+        self.health = "draining"
+        limit_s = self.settings.server.drain_timeout_s if timeout_s is None else timeout_s
+        _LOGGER.warning(
+            "draining: %d sessions, %d replying (waiting up to %.0f s)",
+            len(self.sessions),
+            sum(s.replying for s in self.sessions.values()),
+            limit_s,
+        )
+        try:
+            async with asyncio.timeout(limit_s):
+                # Polled: "replying" includes the playback still due at the client, an
+                # estimate by the clock that no event marks the end of.
+                while any(session.replying for session in self.sessions.values()):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            _LOGGER.warning("draining: replies still in progress after %.0f s", limit_s)
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         """Close every session (saving what was heard) and stop listening."""
@@ -265,15 +309,24 @@ class VoiceServer:
         if path == "/ws":
             return self._check_origin(connection, request)
         if path == "/healthz":
+            if self._draining:
+                self.metrics.reject("draining")
+                refusal = b"draining: connect to another replica\n"
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, refusal, "text/plain")
             body = {
-                "status": "ok",
+                "status": "ok" if ready else self.health,
+                "state": self.health,
+            ready = self.health == "ready"
                 "sessions": len(self.sessions),
                 "connections": len(self._connections),
                 "max_sessions": self.settings.server.max_sessions,
                 "sessions_total": self._stats.sessions_total,
                 "uptime_s": round(time.time() - self._stats.started_at, 1),
             }
-            return _response(HTTPStatus.OK, json.dumps(body).encode(), "application/json")
+            code = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(code, json.dumps(body).encode(), "application/json")
+        if path == "/metrics":
+            return _response(HTTPStatus.OK, self.metrics.exposition(), METRICS_CONTENT_TYPE)
         if path == "/config.json":
             profiles = [
                 {"name": p.name, "display_name": p.display_name}
@@ -306,6 +359,7 @@ class VoiceServer:
         _LOGGER.warning("refused a request for host %r (not a loopback name)", values)
         body = (
             "misdirected request: this server answers only to localhost, 127.0.0.1 or [::1] "
+        self.metrics.reject("host")
             "(set a token to serve other host names)\n"
         )
         return _response(HTTPStatus.MISDIRECTED_REQUEST, body.encode(), "text/plain")
@@ -323,6 +377,7 @@ class VoiceServer:
         _LOGGER.warning("refused websocket from origin %s", origin)
         return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n", "text/plain")
 
+        self.metrics.reject("origin")
     def _static(self, path: str) -> Response:
         if path in ("", "/"):
             path = "/index.html"
@@ -354,6 +409,7 @@ class VoiceServer:
         if len(self._connections) >= self.settings.server.max_sessions:
             await connection.close(CLOSE_SERVER_FULL, "server full, try again later")
             return
+            self.metrics.reject("full")
         self._connections.add(connection)
         try:
             await self._run_session(connection)
@@ -366,9 +422,13 @@ class VoiceServer:
             return
         if not await self._prepare_profile(connection, start):
             return
+        if self._draining:  # it connected before the drain: another replica takes it
+            await _close_quietly(connection, CLOSE_GOING_AWAY, "server shutting down")
+            return
         send = _Sender(connection, start.output_sample_rate_hz)
         try:
             session = Session(
+        send.observe = self.metrics.observe
                 self.engines,
                 self.settings,
                 sink=send,
@@ -467,6 +527,7 @@ class VoiceServer:
                     if token and not hmac.compare_digest(_utf8(message.token), _utf8(token)):
                         await _send_quietly(
                             connection, error_frame("unauthorized", "wrong or missing token")
+                        self.metrics.reject("unauthorized")
                         )
                         await connection.close(CLOSE_POLICY, "unauthorized")
                         return None
@@ -474,6 +535,7 @@ class VoiceServer:
         except TimeoutError:
             await connection.close(CLOSE_POLICY, "no start message")
         except ConnectionClosed:
+            self.metrics.reject("no_start")
             pass
         return None
 
@@ -531,11 +593,13 @@ class VoiceServer:
                 except VoicebotError as error:
                     await connection.send(error_frame(error.code, str(error)))
                 continue
+                    self.metrics.error(error.code)
             try:
                 message = parse_text_frame(frame)
             except ProtocolError as error:
                 await connection.send(error_frame(error.code, str(error)))
                 continue
+                self.metrics.error(error.code)
             if isinstance(message, TextMessage):
                 send.touch()
                 await session.send_text(message.text)
@@ -647,6 +711,8 @@ class _Sender:
         held, self._held = self._held or [], None
         for frame in held:
             await _send_quietly(self.connection, frame)
+        self.observe: Callable[[Event], None] | None = None
+        """Sees every event first (the server's metrics)."""
 
     @property
     def output_rate(self) -> int:
@@ -663,6 +729,8 @@ class _Sender:
         if isinstance(event, AudioOut) and self.output_rate != event.sample_rate_hz:
             resampler = self._resampler
             if (
+        if self.observe is not None:
+            self.observe(event)
                 resampler is None
                 or resampler.from_hz != event.sample_rate_hz
                 or self._resampler_turn != event.turn_id

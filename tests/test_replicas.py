@@ -1,0 +1,370 @@
+"""Replicas behind a load balancer: /healthz, the SIGTERM drain, clients that reconnect and
+resume their conversation on another replica.
+
+The first tests run in-process servers on fake engines; the last runs two real
+``voicebot serve`` processes sharing one SQLite file and sends one of them SIGTERM while it
+is answering a spoken question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from voicebot.audio import silence
+from voicebot.config import Settings
+from voicebot.engines import Engines
+from voicebot.engines.fake import FakeChat, FakeStt, FakeTts, FakeVad
+from voicebot.speech_samples import SpeechMaker
+from voicebot.store import Store
+from voicebot.transports.client import VoiceClient
+from voicebot.transports.websocket import VoiceServer
+
+from .conftest import REPO
+from .test_server import next_event
+
+RATE = 16000
+
+
+def fake_engines(token_delay_s: float = 0.0) -> Engines:
+    return Engines(
+        stt=FakeStt(lambda pcm: "hello there"),
+        llm=FakeChat(
+            lambda messages: f"You said {messages[-1]['content']} and that is all.",
+            token_delay_s=token_delay_s,
+        ),
+        tts=FakeTts(sample_rate_hz=16000),
+        vad_factory=FakeVad,
+    )
+
+
+async def start_server(settings: Settings, store: Store, token_delay_s: float = 0.0) -> VoiceServer:
+    settings = replace(settings, server=replace(settings.server, port=0))
+    server = VoiceServer(fake_engines(token_delay_s), settings, store)
+    await server.start()
+    return server
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+async def test_healthz_is_ready_and_200_once_listening(settings: Settings) -> None:
+    store = Store(settings.database_path())
+    server = VoiceServer(
+        fake_engines(), replace(settings, server=replace(settings.server, port=0)), store
+    )
+    assert server.health == "loading"
+    await server.start()
+    try:
+        status, body = await asyncio.to_thread(get, server.port, "/healthz")
+        assert (status, body["state"], body["status"]) == (200, "ready", "ok")
+    finally:
+        await server.close()
+        store.close()
+
+
+async def test_a_drain_refuses_new_sessions_lets_the_reply_finish_then_closes_with_1001(
+    settings: Settings,
+) -> None:
+    store = Store(settings.database_path())
+    server = await start_server(settings, store, token_delay_s=0.05)
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    drain: asyncio.Task[None] | None = None
+    try:
+        ws = await connect(url, open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+        await next_event(ws, "ready")
+        await ws.send(json.dumps({"type": "text", "text": "tell me something"}))
+        await next_event(ws, "reply_text")  # the reply is under way
+        drain = asyncio.create_task(server.drain(timeout_s=60))
+        await asyncio.sleep(0)  # the drain starts: it says so before its first await
+        assert server.health == "draining"
+        status, body = await asyncio.to_thread(get, server.port, "/healthz")
+        assert (status, body["state"]) == (503, "draining")
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, open_timeout=5)
+        assert refused.value.response.status_code == 503
+        done = await next_event(ws, "reply_done", timeout_s=30)
+        assert done["text"] == "You said tell me something and that is all."
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(30):
+                while True:
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        await asyncio.wait_for(drain, 30)
+    finally:
+        if drain is not None and not drain.done():
+            drain.cancel()
+        await server.close()
+        store.close()
+
+
+async def test_a_drain_is_bounded_a_long_reply_is_cut_and_kept_as_heard(
+    settings: Settings,
+) -> None:
+    store = Store(settings.database_path())
+    server = await start_server(settings, store, token_delay_s=2.0)
+    try:
+        ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5)
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+        ready = await next_event(ws, "ready")
+        await ws.send(json.dumps({"type": "text", "text": "tell me something"}))
+        await next_event(ws, "transcript")  # the reply task is launched
+        await asyncio.wait_for(server.drain(timeout_s=0.1), 30)
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(30):
+                while True:
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        turns = store.turns(ready["conversation_id"])
+        assert [t.text for t in turns if t.role == "user"] == ["tell me something"]
+    finally:
+        await server.close()
+        store.close()
+
+
+async def events_into(client: VoiceClient, queue: asyncio.Queue[Any]) -> None:
+    async for item in client.events():
+        if isinstance(item, dict):
+            await queue.put(item)
+    await queue.put({"type": "ended"})
+
+
+async def until(
+    queue: asyncio.Queue[Any], kind: str, timeout_s: float = 60
+) -> list[dict[str, Any]]:
+    """The events up to and including the next of ``kind``."""
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            event = await queue.get()
+            seen.append(event)
+            if event["type"] == kind:
+                return seen
+            assert event["type"] != "ended", f"the client ended before {kind}: {seen}"
+
+
+async def test_the_client_resumes_its_conversation_on_another_replica(settings: Settings) -> None:
+    shared = settings.database_path()
+    store_a, store_b = Store(shared), Store(shared)
+    a = await start_server(settings, store_a)
+    b = await start_server(settings, store_b)
+    client = VoiceClient(
+        f"ws://127.0.0.1:{a.port}/ws",
+        fallback_urls=[f"ws://127.0.0.1:{b.port}/ws"],
+        reconnect_for_s=30,
+    )
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    reader: asyncio.Task[None] | None = None
+    try:
+        ready = await client.connect()
+        reader = asyncio.create_task(events_into(client, queue))
+        await client.send_text("my name is Alice")
+        await until(queue, "reply_done")
+        await a.drain(timeout_s=30)
+        seen = await until(queue, "ready")
+        reconnecting = [e for e in seen if e["type"] == "reconnecting"]
+        assert reconnecting == [
+            {"type": "reconnecting", "code": 1001, "reason": "server shutting down"}
+        ]
+        resumed = seen[-1]
+        assert resumed["conversation_id"] == ready["conversation_id"]
+        assert [t["text"] for t in resumed["history"]] == [
+            "my name is Alice",
+            "You said my name is Alice and that is all.",
+        ]
+        assert client.url == f"ws://127.0.0.1:{b.port}/ws" and client.reconnects == 1
+        await client.send_text("tell me a joke")
+        done = await until(queue, "reply_done")
+        assert done[-1]["text"] == "You said tell me a joke and that is all."
+    finally:
+        await client.close()
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        await a.close()
+        await b.close()
+        store_a.close()
+        store_b.close()
+
+
+async def test_a_dropped_connection_is_resumed_when_the_server_is_back(settings: Settings) -> None:
+    store = Store(settings.database_path())
+    server = await start_server(settings, store)
+    port = server.port
+    client = VoiceClient(f"ws://127.0.0.1:{port}/ws", reconnect_for_s=30)
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    reader: asyncio.Task[None] | None = None
+    try:
+        ready = await client.connect()
+        reader = asyncio.create_task(events_into(client, queue))
+        await client.send_text("first words")
+        await until(queue, "reply_done")
+        # The connection drops without a close frame (1006): a crash, a network cut.
+        client.connection.transport.abort()
+        seen = await until(queue, "reconnecting")
+        assert seen[-1]["code"] == 1006
+        resumed = (await until(queue, "ready"))[-1]
+        assert resumed["conversation_id"] == ready["conversation_id"]
+        assert resumed["history"][0]["text"] == "first words"
+        await client.send_text("second words")
+        done = await until(queue, "reply_done")
+        assert "second words" in done[-1]["text"]
+    finally:
+        await client.close()
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        await server.close()
+        store.close()
+
+
+# ---------------------------------------------------------------------- real replicas
+
+
+class Replica:
+    """A real ``voicebot serve`` process."""
+
+    def __init__(self, tmp: Path, name: str, data_dir: Path) -> None:
+        config = tmp / f"{name}.toml"
+        config.write_text("")
+        self.log = tmp / f"{name}.log"
+        self._log_file = self.log.open("wb")
+        env = {
+            **os.environ,
+            "VOICEBOT_DATA_DIR": str(data_dir),
+            "VOICEBOT_MODELS": str(REPO / "models"),
+            "VOICEBOT_CONFIG": str(config),
+        }
+        self.process = subprocess.Popen(  # noqa: S603 - our own command
+            [sys.executable, "-m", "voicebot", "serve", "--port", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log_file,
+        )
+        self.port = 0
+
+    async def ready(self, timeout_s: float = 400) -> None:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                text = self.log.read_text(errors="replace")
+                found = re.search(r"ready in .* Open http://127\.0\.0\.1:(\d+)/", text)
+                if found:
+                    self.port = int(found.group(1))
+                    return
+                assert self.process.poll() is None, f"the replica died:\n{text}"
+                await asyncio.sleep(0.2)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        self._log_file.close()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
+    data = tmp_path / "shared-data"
+    data.mkdir()
+    pair = (Replica(tmp_path, "a", data), Replica(tmp_path, "b", data))
+    yield pair
+    for replica in pair:
+        replica.stop()
+
+
+@pytest.fixture(scope="module")
+def voice() -> SpeechMaker:
+    return SpeechMaker.load(REPO / "models")
+
+
+async def stream_forever(client: VoiceClient, lines: asyncio.Queue[bytes]) -> None:
+    """A microphone: silence in real time, with the queued utterances in it."""
+    chunk = 2 * RATE // 50  # 20 ms
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    pending = b""
+    while True:
+        if not pending and not lines.empty():
+            pending = lines.get_nowait() + silence(1.5, RATE)
+        piece, pending = (pending[:chunk], pending[chunk:]) if pending else (bytes(chunk), b"")
+        await client.send_audio(piece)
+        next_at += 0.02
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+        next_at = max(next_at, loop.time() - 0.1)  # after a wait for a reconnection: go on
+
+
+@pytest.mark.models
+async def test_sigterm_mid_reply_the_turn_finishes_and_the_client_resumes_on_the_other_replica(
+    replicas: tuple[Replica, Replica], voice: SpeechMaker
+) -> None:
+    a, b = replicas
+    await asyncio.gather(a.ready(), b.ready())
+    status, body = await asyncio.to_thread(get, a.port, "/healthz")
+    assert (status, body["state"]) == (200, "ready")
+    client = VoiceClient(a.ws_url, fallback_urls=[b.ws_url], reconnect_for_s=60)
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    lines: asyncio.Queue[bytes] = asyncio.Queue()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        ready = await client.connect()
+        tasks.append(asyncio.create_task(events_into(client, queue)))
+        tasks.append(asyncio.create_task(stream_forever(client, lines)))
+        await lines.put(voice.piper("My name is Alice."))
+        first = await until(queue, "reply_done", 120)
+        assert any(e["type"] == "transcript" and "alice" in e["text"].lower() for e in first)
+
+        await lines.put(voice.piper("What is the capital of France?"))
+        before = await until(queue, "reply_text", 120)
+        turn = before[-1]["turn_id"]
+        a.process.send_signal(signal.SIGTERM)  # mid-reply
+        during = await until(queue, "reconnecting", 120)
+        assert during[-1]["code"] == 1001
+        done = [e for e in during if e["type"] == "reply_done" and e["turn_id"] == turn]
+        assert done, f"the reply in flight was not finished before 1001: {during}"
+        assert "paris" in done[0]["text"].lower()
+        assert await asyncio.to_thread(a.process.wait, 60) == 0
+
+        resumed = (await until(queue, "ready", 120))[-1]
+        assert resumed["conversation_id"] == ready["conversation_id"]
+        assert client.url == b.ws_url
+        history = [t["text"].lower() for t in resumed["history"]]
+        assert any("alice" in text for text in history)
+        assert any("france" in text for text in history)
+        assert any("paris" in text for text in history), history  # the confirmed reply
+
+        await lines.put(voice.piper("What is my name?"))
+        answer = await until(queue, "reply_done", 120)
+        assert "alice" in answer[-1]["text"].lower(), answer
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await client.close()
