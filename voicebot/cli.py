@@ -171,7 +171,7 @@ def _cmd_say(args: argparse.Namespace) -> int:
 def _open_store(settings: Settings) -> Any:
     from .store import Store
 
-    return Store(settings.database_path())
+    return Store(settings.database_path(), keep_days=settings.store.keep_days)
 
 
 def _cmd_reply(args: argparse.Namespace) -> int:
@@ -236,6 +236,7 @@ def _cmd_reply(args: argparse.Namespace) -> int:
 def _cmd_text(args: argparse.Namespace) -> int:
     from .engines import Engines, load_llm, make_vad_factory
     from .events import ErrorEvent, ReplyDone, ReplyText, TimerFinished
+    from .feedback import parse_feedback_command
     from .session import Session
     from .skills import SkillRouter, TimerService
 
@@ -244,7 +245,7 @@ def _cmd_text(args: argparse.Namespace) -> int:
     if args.conversation and not store.exists(args.conversation):
         raise VoicebotError(f"no conversation {args.conversation!r}: see `voicebot history list`")
     profile = settings.get_profile()
-    llm = load_llm(settings, reference=profile.llm_model)
+    llm = load_llm(settings, reference=profile.llm_reference)
 
     class _Mute:
         sample_rate_hz = 16000
@@ -283,7 +284,8 @@ def _cmd_text(args: argparse.Namespace) -> int:
         )
         cid = await session.start()
         print(
-            f"[{name} | profile {profile.name} | conversation {cid} | /quit to leave]",
+            f"[{name} | profile {profile.name} | conversation {cid} | "
+            "/good, /bad [the right answer] rate the last reply | /quit to leave]",
             file=sys.stderr,
             flush=True,
         )
@@ -301,6 +303,12 @@ def _cmd_text(args: argparse.Namespace) -> int:
             if text in ("/quit", "/exit"):
                 break
             if not text:
+                continue
+            rating = parse_feedback_command(text)
+            if rating is not None:
+                stored = await session.give_feedback(*rating)
+                note = "noted, thank you" if stored else "there is no reply to rate yet"
+                print(f"[{note}]", file=sys.stderr, flush=True)
                 continue
             print(f"{name}: ", end="", flush=True)
             await session.send_text(text)
@@ -975,7 +983,7 @@ def _quality(settings: Settings, args: argparse.Namespace) -> int:
     from .engines.fake import FakeStt, FakeTts
     from .quality import evaluate
 
-    llm = load_llm(settings, reference=settings.get_profile().llm_model)
+    llm = load_llm(settings, reference=settings.get_profile().llm_reference)
     engines = Engines(stt=FakeStt(), llm=llm, tts=FakeTts(), vad_factory=make_vad_factory(settings))
     report = evaluate(engines, settings, log=print)
     print(report.summary())
@@ -1007,6 +1015,16 @@ def _cmd_history(args: argparse.Namespace) -> int:
                 print(
                     f"{info.id}  {when}  {info.profile:<10} {info.turn_count:>3} turns  {preview}"
                 )
+        elif args.history_command == "delete":
+            if args.all == bool(args.id):
+                raise VoicebotError("name a conversation ID to delete, or --all")
+            if args.all:
+                count = store.delete_all()
+                print(f"deleted {count} conversations", file=sys.stderr)
+            elif not store.delete_conversation(args.id):
+                raise VoicebotError(f"no conversation {args.id!r}: see `voicebot history list`")
+            else:
+                print(f"deleted conversation {args.id}", file=sys.stderr)
         elif args.history_command == "show":
             info = store.conversation(args.id)
             print(f"conversation {info.id} (profile {info.profile})")
@@ -1333,6 +1351,11 @@ def build_parser() -> argparse.ArgumentParser:
     hlist.add_argument("--limit", type=int, default=20)
     hshow = hsub.add_parser("show", help="one conversation's turns")
     hshow.add_argument("id", metavar="ID")
+    hdelete = hsub.add_parser(
+        "delete", help="delete a conversation (or --all) with its feedback and facts, for good"
+    )
+    hdelete.add_argument("id", metavar="ID", nargs="?", default="")
+    hdelete.add_argument("--all", action="store_true", help="delete every conversation")
     hexport = hsub.add_parser("export", help="one conversation as JSON")
     hexport.add_argument("id", metavar="ID")
     hexport.add_argument("-o", "--output", metavar="FILE")
@@ -1353,6 +1376,15 @@ def _register_wyoming(sub: Any) -> None:
 
 
 _EXTRA_COMMANDS.append(_register_wyoming)
+
+
+def _register_learning(sub: Any) -> None:
+    from .learning_cli import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS.append(_register_learning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,7 @@ import platformdirs
 from .errors import ConfigError
 
 __all__ = [
+    "ADAPTER_MARK",
     "DEFAULT_PROFILE",
     "DaemonSettings",
     "LlmSettings",
@@ -48,6 +49,7 @@ __all__ = [
     "SessionSettings",
     "Settings",
     "SkillSettings",
+    "StoreSettings",
     "SttSettings",
     "TtsSettings",
     "VadSettings",
@@ -324,6 +326,15 @@ class SkillSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """The conversation store."""
+
+    keep_days: float = 0.0
+    """Delete conversations inactive for longer than this many days, on start and daily
+    (0 keeps them until deleted with ``voicebot history delete``)."""
+
+
+@dataclass(frozen=True)
 class Profile:
     """A bot persona."""
 
@@ -341,6 +352,20 @@ class Profile:
     """Said when a conversation starts (empty for none); ``{name}`` is the display name."""
     llm_model: str = ""
     """Chat model for this profile; empty uses ``[llm] model``."""
+    llm_adapter: str = ""
+    """A LoRA adapter made by ``voicebot tune`` (its name under the models directory, or a
+    path) applied to the chat model; empty for none (docs/learning.md)."""
+    training_data: bool = True
+    """Keep this profile's conversations for training (``voicebot data export``); false
+    leaves them out of every export (they are still kept as history)."""
+
+    @property
+    def llm_reference(self) -> str:
+        """The chat model to load: ``llm_model``, with ``llm_adapter`` after
+        :data:`ADAPTER_MARK` when set."""
+        if not self.llm_adapter:
+            return self.llm_model
+        return f"{self.llm_model}{ADAPTER_MARK}{self.llm_adapter}"
 
     def prompt(self) -> str:
         """The system prompt with the display name filled in."""
@@ -350,6 +375,9 @@ class Profile:
         """The greeting with the display name filled in."""
         return self.greeting.replace("{name}", self.display_name)
 
+
+ADAPTER_MARK = "#adapter="
+"""Joins a chat model reference and an adapter name in :attr:`Profile.llm_reference`."""
 
 DEFAULT_PROFILE = Profile(
     name="default",
@@ -385,6 +413,8 @@ class Settings:
     """Smart-speaker daemon."""
     skills: SkillSettings = field(default_factory=SkillSettings)
     """Skills routed before the chat model."""
+    store: StoreSettings = field(default_factory=StoreSettings)
+    """The conversation store."""
     profile: str = "default"
     """The profile used when none is named."""
     profiles: Mapping[str, Profile] = field(
@@ -433,6 +463,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
     "daemon": DaemonSettings,
     "skills": SkillSettings,
+    "store": StoreSettings,
 }
 _TOP_LEVEL = ("profile", "data_dir", "models_dir")
 

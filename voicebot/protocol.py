@@ -40,6 +40,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ClientMessage",
     "FactsMessage",
+    "FeedbackMessage",
     "ForgetFactMessage",
     "InterruptMessage",
     "StartMessage",
@@ -47,6 +48,7 @@ __all__ = [
     "TextMessage",
     "encode_event",
     "error_frame",
+    "feedback_frame",
     "parse_text_frame",
     "ready_frame",
 ]
@@ -108,8 +110,26 @@ class ForgetFactMessage:
     """The fact's key, as the ``facts`` frame gives it; ``None`` forgets them all."""
 
 
+@dataclass(frozen=True, slots=True)
+class FeedbackMessage:
+    """The user rates a reply (answered by ``feedback``)."""
+
+    rating: str
+    """``good`` or ``bad``."""
+    correction: str = ""
+    """What the reply should have said ("" for none)."""
+    turn_id: int | None = None
+    """The reply's ``turn_id``; ``None`` for the last reply."""
+
+
 ClientMessage = (
-    StartMessage | TextMessage | InterruptMessage | StopMessage | FactsMessage | ForgetFactMessage
+    StartMessage
+    | TextMessage
+    | InterruptMessage
+    | StopMessage
+    | FactsMessage
+    | ForgetFactMessage
+    | FeedbackMessage
 )
 """Anything a client sends in a text frame."""
 
@@ -186,7 +206,30 @@ def parse_text_frame(frame: str) -> ClientMessage:
         if not isinstance(key, str) or not key or len(key) > 200:
             raise _error("bad_message", "'key' must be a fact's key (or 'all': true)")
         return ForgetFactMessage(key)
+    if kind == "feedback":
+        return _parse_feedback(data)
     raise _error("unknown_type", f"unknown message type {kind!r}")
+
+
+def _parse_feedback(data: dict[str, Any]) -> FeedbackMessage:
+    rating = data.get("rating")
+    if rating not in ("good", "bad"):
+        raise _error("bad_message", "'rating' must be 'good' or 'bad'")
+    correction = data.get("correction", "")
+    if correction is None:
+        correction = ""
+    if not isinstance(correction, str) or len(correction) > _MAX_TEXT_CHARS:
+        raise _error(
+            "bad_message", f"'correction' must be a string of at most {_MAX_TEXT_CHARS} characters"
+        )
+    if correction.strip() and rating != "bad":
+        raise _error("bad_message", "only a 'bad' rating takes a 'correction'")
+    turn_id = data.get("turn_id")
+    if turn_id is not None and (
+        isinstance(turn_id, bool) or not isinstance(turn_id, int) or not 0 <= turn_id < 2**31
+    ):
+        raise _error("bad_message", "'turn_id' must be a reply's turn id")
+    return FeedbackMessage(str(rating), correction.strip(), turn_id)
 
 
 def _error(code: str, message: str) -> ProtocolError:
@@ -221,6 +264,11 @@ def ready_frame(
             "history": history,
         }
     )
+
+
+def feedback_frame(rating: str, turn_id: int | None, *, stored: bool) -> str:
+    """The answer to ``feedback``: whether the rating was stored with its reply."""
+    return _frame({"type": "feedback", "turn_id": turn_id, "rating": rating, "stored": stored})
 
 
 def error_frame(code: str, message: str, turn_id: int | None = None) -> str:

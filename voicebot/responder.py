@@ -72,7 +72,7 @@ class Responder:
         self.profile = profile
         self.clock = clock
         """The clock the metrics read."""
-        self.llm = engines.chat_model(profile.llm_model)
+        self.llm = engines.chat_model(profile.llm_reference)
         self.voice = engines.voice(profile.voice)
         self.speaking_rate = profile.speaking_rate or settings.tts.speaking_rate
         self.history_turns = history_turns(settings, profile.llm_model)

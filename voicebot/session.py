@@ -30,7 +30,7 @@ from .config import Profile, Settings, SkillSettings
 from .dialogue import Dialogue, Turn
 from .engines import Engines
 from .engines.base import TurnDetector
-from .errors import VoicebotError
+from .errors import ProtocolError, VoicebotError
 from .events import (
     AudioOut,
     ErrorEvent,
@@ -195,6 +195,8 @@ class Session:
         """Answers time, timers, arithmetic... before the chat model (None: all to it)."""
         self._timer_key = timer_key  # default: the conversation's (the session's, without one)
         self._unsubscribe_timers: Callable[[], None] | None = None
+        self._reply_rows: dict[int, int] = {}  # turn id -> stored assistant row, for feedback
+        self._early_feedback: dict[int, tuple[str, str]] = {}  # rated before it was stored
 
     @property
     def conversation_id(self) -> str:
@@ -227,7 +229,11 @@ class Session:
                     self.profile, conversation_id=self._requested_id, turns=turns, facts=facts
                 )
             else:
-                cid = await asyncio.to_thread(store.create_conversation, self.profile.name)
+                cid = await asyncio.to_thread(
+                    store.create_conversation,
+                    self.profile.name,
+                    for_training=self.profile.training_data,
+                )
                 self.dialogue = Dialogue(self.profile, conversation_id=cid)
         elif self._requested_id:
             self.dialogue = Dialogue(self.profile, conversation_id=self._requested_id)
@@ -634,7 +640,12 @@ class Session:
             _LOGGER.info("interrupted turn metrics (ms): %s", self._reply_metrics)
         turn = self.dialogue.add_assistant(heard, interrupted=interrupted)
         turn.metrics_ms = dict(self._reply_metrics)
-        await self._save(turn)
+        row = await self._save(turn)
+        if row is not None:
+            self._reply_rows[self._reply_turn] = row
+            early = self._early_feedback.pop(self._reply_turn, None)
+            if early is not None:
+                await self.give_feedback(*early, turn_id=self._reply_turn)
 
     async def interrupt(self) -> None:
         """Barge-in: stop the reply now and keep only what was heard."""
@@ -684,6 +695,8 @@ class Session:
         metrics["skill"] = ms_between(started_at, self._clock())
         if preemptive is not None:
             preemptive.discard()  # the model's words are not needed
+        if reply.feedback:  # "that's wrong": about the last reply, not an exchange to keep
+            await self.give_feedback(reply.feedback, reply.correction)
         if reply.remember:
             await self._save(self.dialogue.add_user(text))
         if not reply.text:  # "stop", "never mind": the interruption was the answer
@@ -775,15 +788,47 @@ class Session:
 
     # --- output ---
 
-    async def _save(self, turn: Turn) -> None:
+    async def _save(self, turn: Turn) -> int | None:
+        row = None
         if self.store is not None and self.conversation_id:
             try:
-                await asyncio.to_thread(self.store.add_turn, self.conversation_id, turn)
+                row = await asyncio.to_thread(self.store.add_turn, self.conversation_id, turn)
             except VoicebotError as error:
                 _LOGGER.error("could not save a turn: %s", error)
                 await self._emit(ErrorEvent(error.code, str(error)))
         if turn.role == "user" and self.dialogue.facts_version != self._facts_version:
             await self._facts_changed()
+        return row
+
+    # --- feedback on replies (docs/learning.md) ---
+
+    async def give_feedback(
+        self, rating: str, correction: str = "", *, turn_id: int | None = None
+    ) -> bool:
+        """Rate a reply ``good`` or ``bad`` (with what it should have said), stored with it.
+
+        Args:
+            rating: ``good`` or ``bad``.
+            correction: The right answer, for a bad reply ("" for none).
+            turn_id: The reply's turn id, as its events carried; ``None`` for the last reply.
+
+        Returns:
+            False when there is no stored reply to rate (no store, an unknown turn).
+        """
+        if rating not in ("good", "bad"):
+            raise ProtocolError(f"feedback is 'good' or 'bad', not {rating!r}")
+        if self.store is None or not self.conversation_id:
+            return False
+        if turn_id is not None and turn_id == self._reply_turn and self._reply_open:
+            self._early_feedback[turn_id] = (rating, correction)  # stored when it is
+            return True
+        if turn_id is None:
+            row = await asyncio.to_thread(self.store.last_reply_row, self.conversation_id)
+        else:
+            row = self._reply_rows.get(turn_id)
+        if row is None:
+            return False
+        return await asyncio.to_thread(self.store.set_feedback, row, rating, correction)
 
     # --- what is remembered about the user ---
 

@@ -14,7 +14,7 @@ from typing import Any
 from .dialogue import Turn
 from .errors import StoreError
 
-__all__ = ["ConversationInfo", "Store", "TimerRecord"]
+__all__ = ["ConversationInfo", "RatedTurn", "Store", "TimerRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -54,7 +54,15 @@ CREATE TABLE IF NOT EXISTS facts (
 # Every table is created IF NOT EXISTS: a store made by an older version gains the new tables
 # (timers, facts) when opened, and keeps everything it had; a column added to a table later is
 # added to an older one by _ADDED_COLUMNS.
-_ADDED_COLUMNS = (("timers", "paused_s", "REAL"),)
+_ADDED_COLUMNS = (
+    ("timers", "paused_s", "REAL"),
+    # The user's rating of an assistant turn ('good' or 'bad') and what it should have said.
+    ("turns", "feedback", "TEXT"),
+    ("turns", "correction", "TEXT"),
+    # 0: the profile had training data switched off; `voicebot data export` leaves it out.
+    ("conversations", "for_training", "INTEGER NOT NULL DEFAULT 1"),
+)
+_DAY_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,26 @@ class TimerRecord:
 
 
 @dataclass(frozen=True)
+class RatedTurn:
+    """A stored turn with the user's feedback on it."""
+
+    row: int
+    """Its row id."""
+    role: str
+    """``user`` or ``assistant``."""
+    text: str
+    """Its words."""
+    interrupted: bool
+    """An assistant turn cut short (only what was heard is kept)."""
+    feedback: str
+    """``good``, ``bad`` or "" (not rated)."""
+    correction: str
+    """What it should have said ("" for none)."""
+    by_skill: bool
+    """Answered by a skill (the time, a timer), not by the chat model."""
+
+
+@dataclass(frozen=True)
 class ConversationInfo:
     """A conversation's summary."""
 
@@ -100,8 +128,13 @@ class ConversationInfo:
 class Store:
     """Conversations and turns in one SQLite file (WAL mode, safe across threads)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, keep_days: float = 0.0) -> None:
         """Open (or create) the store at ``path``; ``:memory:`` for a throwaway one.
+
+        Args:
+            path: The database file.
+            keep_days: Delete conversations inactive for longer than this, now and then
+                daily while open (0 keeps them forever).
 
         Raises:
             StoreError: the file cannot be opened.
@@ -115,6 +148,8 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Deleted rows are overwritten with zeros, not left readable in free pages.
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
             for table, column, kind in _ADDED_COLUMNS:
                 have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
@@ -123,6 +158,10 @@ class Store:
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the conversation store {self.path}: {error}") from error
         self._lock = threading.Lock()
+        self.keep_days = keep_days
+        """Retention in days (0: forever)."""
+        self._purged_at = 0.0
+        self.purge_expired()
 
     def close(self) -> None:
         """Close the database."""
@@ -136,13 +175,17 @@ class Store:
         except sqlite3.Error as error:
             raise StoreError(f"conversation store error: {error}") from error
 
-    def create_conversation(self, profile: str, conversation_id: str | None = None) -> str:
-        """Start a conversation; returns its id."""
+    def create_conversation(
+        self, profile: str, conversation_id: str | None = None, *, for_training: bool = True
+    ) -> str:
+        """Start a conversation; returns its id (``for_training`` False: never exported for
+        training)."""
         cid = conversation_id or uuid.uuid4().hex[:12]
         now = time.time()
         self._run(
-            "INSERT INTO conversations (id, profile, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            (cid, profile, now, now),
+            "INSERT INTO conversations (id, profile, created_at, updated_at, for_training) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (cid, profile, now, now, int(for_training)),
         )
         return cid
 
@@ -179,6 +222,8 @@ class Store:
             "UPDATE conversations SET updated_at = ? WHERE id = ?",
             (turn.created_at, conversation_id),
         )
+        if self.keep_days > 0 and time.time() - self._purged_at > _DAY_S:
+            self.purge_expired()
         return int(rows[0][0])
 
     def update_metrics(self, turn_row: int, metrics_ms: dict[str, float]) -> None:
@@ -330,3 +375,105 @@ class Store:
                 for t in self.turns(conversation_id)
             ],
         }
+
+    # --- feedback, deletion and retention (docs/learning.md) ---
+
+    def set_feedback(self, turn_row: int, rating: str, correction: str = "") -> bool:
+        """Rate a stored assistant turn ``good`` or ``bad``, with what it should have said.
+
+        Returns:
+            False when no such assistant turn is stored (deleted meanwhile).
+        """
+        if rating not in ("good", "bad"):
+            raise StoreError(f"feedback is 'good' or 'bad', not {rating!r}")
+        rows = self._run(
+            "UPDATE turns SET feedback = ?, correction = ? "
+            "WHERE id = ? AND role = 'assistant' RETURNING id",
+            (rating, correction.strip() or None, turn_row),
+        )
+        return bool(rows)
+
+    def last_reply_row(self, conversation_id: str) -> int | None:
+        """The row id of the conversation's last stored assistant turn, if any."""
+        rows = self._run(
+            "SELECT id FROM turns WHERE conversation_id = ? AND role = 'assistant' "
+            "ORDER BY id DESC LIMIT 1",
+            (conversation_id,),
+        )
+        return int(rows[0][0]) if rows else None
+
+    def rated_turns(self, conversation_id: str) -> list[RatedTurn]:
+        """The conversation's turns with their feedback, oldest first."""
+        rows = self._run(
+            "SELECT id, role, text, interrupted, COALESCE(feedback, ''), "
+            "COALESCE(correction, ''), metrics FROM turns WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
+        )
+        return [
+            RatedTurn(
+                row=int(r[0]),
+                role=str(r[1]),
+                text=str(r[2]),
+                interrupted=bool(r[3]),
+                feedback=str(r[4]),
+                correction=str(r[5]),
+                by_skill="skill" in json.loads(r[6] or "{}"),
+            )
+            for r in rows
+        ]
+
+    def training_conversations(
+        self, *, since: float = 0.0, profile: str | None = None
+    ) -> list[ConversationInfo]:
+        """Conversations that may be used for training (their profile did not switch it
+        off), active since ``since`` (Unix time), of one profile or all, oldest first."""
+        where = "WHERE c.for_training = 1 AND c.updated_at >= ?"
+        params: tuple[Any, ...] = (since,)
+        if profile is not None:
+            where += " AND c.profile = ?"
+            params = (*params, profile)
+        rows = self._list(where, params, limit=-1)
+        return sorted(rows, key=lambda info: (info.created_at, info.id))
+
+    def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete a conversation with its turns, feedback, remembered facts and timers;
+        False when there was none. The freed pages are zeroed and the write-ahead log
+        emptied, so the words are gone from the files too."""
+        rows = self._run("DELETE FROM conversations WHERE id = ? RETURNING id", (conversation_id,))
+        # turns and facts go with it (ON DELETE CASCADE); timers are keyed, not linked.
+        self._run("DELETE FROM timers WHERE conversation_id = ?", (conversation_id,))
+        self._scrub()
+        return bool(rows)
+
+    def delete_all(self) -> int:
+        """Delete every conversation (and its turns, facts and timers); returns how many."""
+        rows = self._run("DELETE FROM conversations RETURNING id")
+        self._run("DELETE FROM turns")
+        self._run("DELETE FROM facts")
+        self._run("DELETE FROM timers")
+        self._scrub(vacuum=True)
+        return len(rows)
+
+    def purge_expired(self) -> int:
+        """Apply the retention (:attr:`keep_days`): delete conversations inactive for longer;
+        returns how many."""
+        self._purged_at = time.time()
+        if self.keep_days <= 0:
+            return 0
+        cutoff = time.time() - self.keep_days * _DAY_S
+        rows = self._run("SELECT id FROM conversations WHERE updated_at < ?", (cutoff,))
+        for (cid,) in rows:
+            self.delete_conversation(str(cid))
+        return len(rows)
+
+    def _scrub(self, *, vacuum: bool = False) -> None:
+        """Move the log's pages into the file and empty it (deleted words lived there too)."""
+        if self.path == ":memory:":
+            return
+        try:
+            with self._lock:
+                if vacuum:
+                    self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as error:
+            raise StoreError(f"conversation store error: {error}") from error

@@ -128,7 +128,9 @@ class Engines:
         with self._lock:
             voice = not profile.voice or self.voice_loader is None or profile.voice in self._voices
             llm = (
-                not profile.llm_model or self.llm_loader is None or profile.llm_model in self._llms
+                not profile.llm_reference
+                or self.llm_loader is None
+                or profile.llm_reference in self._llms
             )
         return voice and llm
 
@@ -146,7 +148,7 @@ class Engines:
         # A task cancelled meanwhile leaves the thread to finish: the model is cached for the
         # next session that asks.
         await asyncio.to_thread(self.voice, profile.voice)
-        await asyncio.to_thread(self.chat_model, profile.llm_model)
+        await asyncio.to_thread(self.chat_model, profile.llm_reference)
 
     def _load(self, cache: dict[str, _M], kind: str, name: str, loader: Callable[[str], _M]) -> _M:
         """``cache[name]``, loaded once however many threads ask at the same time.

@@ -78,6 +78,10 @@ class SkillReply:
     """The intent answered."""
     remember: bool = True
     """Store the exchange in the conversation (False for "stop" and "never mind")."""
+    feedback: str = ""
+    """``good`` or ``bad``: the user rated the last reply ("that's wrong"); "" otherwise."""
+    correction: str = ""
+    """What the last reply should have said, when the user said it."""
 
 
 _FILLERS = re.compile(r"^(?:(?:okay|ok|so|well|alright|all right|hey|um|uh|oh|hmm|and) )+")
@@ -222,6 +226,8 @@ class SkillRouter:
             return evaluate(str(found.slots.get("a") or "")) is not None
         if found.intent == "VoicebotArithmetic":
             return _operands(found) is not None
+        if found.intent in _FEEDBACK and "correction" in found.slots:
+            return 0 < len(str(found.slots["correction"] or "").split()) <= _MAX_CORRECTION_WORDS
         if found.intent in ("HassStartTimer", "HassIncreaseTimer", "HassDecreaseTimer"):
             # A name is a few words ("pasta", "the rice"), not a sentence the wildcard took.
             name = _timer_name(found.slots.get("name")).split()
@@ -276,6 +282,8 @@ class SkillRouter:
             if not last_reply:
                 return SkillReply("I haven't said anything yet.", intent)
             return SkillReply(last_reply, intent)
+        if intent in _FEEDBACK:
+            return _feedback(found, last_reply)
         if intent in ("VoicebotStop", "HassNevermind"):
             if self.timers is not None:
                 await self.timers.dismiss(conversation_id)
@@ -455,3 +463,28 @@ def _select(running: list[Timer], slots: dict[str, Any]) -> list[Timer]:
     if length:
         chosen = [t for t in chosen if abs(t.seconds - length) < 1]
     return chosen
+
+
+_FEEDBACK = {"VoicebotFeedbackGood": "good", "VoicebotFeedbackBad": "bad"}
+"""The intents that rate the last reply, and their rating."""
+_MAX_CORRECTION_WORDS = 40
+
+
+def _feedback(found: IntentMatch, last_reply: str) -> SkillReply:
+    """ "That's wrong, it's Paris": a rating of the last reply, said back, never stored as an
+    exchange (the session stores the rating with the reply)."""
+    intent = found.intent
+    if not last_reply:
+        return SkillReply("I haven't answered anything yet.", intent, remember=False)
+    rating = _FEEDBACK[intent]
+    if rating == "good":
+        return SkillReply("Thanks, good to know.", intent, remember=False, feedback="good")
+    correction = " ".join(str(found.slots.get("correction") or "").split())
+    if correction:
+        correction = correction[0].upper() + correction[1:]
+        if correction[-1] not in ".!?":
+            correction += "."
+        text = "Thanks, I've noted the right answer."
+    else:
+        text = "Sorry about that. I've noted that it was wrong."
+    return SkillReply(text, intent, remember=False, feedback="bad", correction=correction)

@@ -47,6 +47,7 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import VoiceMetrics
 from ..protocol import (
     FactsMessage,
+    FeedbackMessage,
     ForgetFactMessage,
     InterruptMessage,
     StartMessage,
@@ -54,6 +55,7 @@ from ..protocol import (
     TextMessage,
     encode_event,
     error_frame,
+    feedback_frame,
     parse_text_frame,
     ready_frame,
 )
@@ -613,6 +615,14 @@ class VoiceServer:
             elif isinstance(message, ForgetFactMessage):
                 send.touch()
                 await session.forget_fact(message.key)
+            elif isinstance(message, FeedbackMessage):
+                send.touch()
+                stored = await session.give_feedback(
+                    message.rating, message.correction, turn_id=message.turn_id
+                )
+                await connection.send(
+                    feedback_frame(message.rating, message.turn_id, stored=stored)
+                )
             elif isinstance(message, StopMessage):
                 await session.end_of_input()
                 await connection.close(CLOSE_NORMAL, "stopped")
