@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -890,17 +891,23 @@ async def test_a_misheard_spoken_request_is_routed(settings: Settings, tmp_path:
     store.close()
 
 
-async def test_the_daemon_chimes_and_says_a_timer_is_done_without_the_wake_word(
-    settings: Settings, tmp_path: Path
-) -> None:
-    from voicebot.audio import silence
-    from voicebot.config import DaemonSettings
-    from voicebot.engines.fake import FakeWakeWord, tone
-    from voicebot.events import AudioOut, StateChanged
-    from voicebot.events import SessionState as State
-    from voicebot.transports.daemon import Daemon, cue
+@dataclass
+class SpeakerWithTimers:
+    """A daemon on fake engines whose conversation has the skills and a timer service."""
 
-    from .conftest import paced
+    daemon: Any
+    timers: TimerService
+    clock: FakeClock
+    recorder: Signalling
+    store: Store
+
+
+def speaker_with_timers(
+    settings: Settings, tmp_path: Path, heard: list[str], **daemon: Any
+) -> SpeakerWithTimers:
+    from voicebot.config import DaemonSettings
+    from voicebot.engines.fake import FakeWakeWord
+    from voicebot.transports.daemon import Daemon
 
     clock = FakeClock()
     store = Store(tmp_path / "d.db")
@@ -908,7 +915,7 @@ async def test_the_daemon_chimes_and_says_a_timer_is_done_without_the_wake_word(
     skills = SkillRouter(timers=timers, clock=clock)
     recorder = Signalling()
     engines = Engines(
-        stt=FakeStt(["Set a timer for five seconds."]),
+        stt=FakeStt(heard),
         llm=FakeChat(["The model answered."]),
         tts=FakeTts(seconds_per_char=0.01),
         vad_factory=FakeVad,
@@ -925,28 +932,49 @@ async def test_the_daemon_chimes_and_says_a_timer_is_done_without_the_wake_word(
             timer_key="daemon",
         )
 
-    daemon = Daemon(
-        DaemonSettings(follow_up_s=1.0, command_timeout_s=2.0),
+    speaker = Daemon(
+        DaemonSettings(follow_up_s=1.0, command_timeout_s=2.0, **daemon),
         wake=FakeWakeWord(),
         make_conversation=conversation,
         speaker=recorder,
         output_sample_rate_hz=16000,
     )
-    pcm = tone(0.5, hz=880.0, level=0.4) + silence(0.2, 16000) + tone(0.8, hz=220.0)
-    pcm += silence(4.0, 16000)
+    return SpeakerWithTimers(speaker, timers, clock, recorder, store)
+
+
+def wake_and_command() -> bytes:
+    """The fake wake word (a high tone), then a command (a low one)."""
+    from voicebot.audio import silence
+    from voicebot.engines.fake import tone
+
+    return tone(0.5, hz=880.0, level=0.4) + silence(0.2, 16000) + tone(0.8, hz=220.0)
+
+
+async def test_the_daemon_chimes_and_says_a_timer_is_done_without_the_wake_word(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from voicebot.audio import silence
+    from voicebot.events import AudioOut, StateChanged
+    from voicebot.events import SessionState as State
+    from voicebot.transports.daemon import cue
+
+    from .conftest import paced
+
+    it = speaker_with_timers(settings, tmp_path, ["Set a timer for five seconds."])
+    recorder, timers = it.recorder, it.timers
 
     async def source():  # type: ignore[no-untyped-def]
-        async for chunk in paced(pcm, speed=2.0):
+        async for chunk in paced(wake_and_command() + silence(4.0, 16000), speed=2.0):
             yield chunk
         assert recorder.texts(ReplyDone) == ["Timer set for 5 seconds."]
-        assert not daemon.awake
+        assert not it.daemon.awake
         assert [t.name for t in timers.running("daemon")] == [""]
-        clock.advance(5)
+        it.clock.advance(5)
         await timers.check()  # the daemon sleeps: no wake word comes
         async for chunk in paced(silence(3.0, 16000), speed=2.0):
             yield chunk
 
-    await asyncio.wait_for(daemon.run(source, restart=False), 30)
+    await asyncio.wait_for(it.daemon.run(source, restart=False), 30)
     assert "Your timer is done." in recorder.texts(ReplyDone)
     finished = recorder.events.index(recorder.of(TimerFinished)[0])
     chime = next(
@@ -954,72 +982,41 @@ async def test_the_daemon_chimes_and_says_a_timer_is_done_without_the_wake_word(
     )
     assert chime.pcm == cue("timer", 16000)
     assert recorder.of(StateChanged)[-1].state is State.IDLE
-    store.close()
+    it.store.close()
 
 
 async def test_the_daemon_rings_a_finished_timer_until_the_user_says_stop(
     settings: Settings, tmp_path: Path
 ) -> None:
     from voicebot.audio import silence
-    from voicebot.config import DaemonSettings
-    from voicebot.engines.fake import FakeWakeWord, tone
     from voicebot.events import AudioOut, TimerDismissed
-    from voicebot.transports.daemon import Daemon, cue
+    from voicebot.transports.daemon import cue
 
     from .conftest import paced
 
-    clock = FakeClock()
-    store = Store(tmp_path / "d.db")
-    timers = TimerService(store, clock=clock)
-    skills = SkillRouter(timers=timers, clock=clock)
-    recorder = Signalling()
-    engines = Engines(
-        stt=FakeStt(["Set a timer for five seconds.", "Stop."]),
-        llm=FakeChat(["The model answered."]),
-        tts=FakeTts(seconds_per_char=0.01),
-        vad_factory=FakeVad,
+    it = speaker_with_timers(
+        settings,
+        tmp_path,
+        ["Set a timer for five seconds.", "Stop."],
+        timer_ring_interval_s=0.3,
+        timer_ring_max_s=60.0,
     )
-
-    def conversation(sink):  # type: ignore[no-untyped-def]
-        return Session(
-            engines,
-            settings,
-            sink=sink,
-            store=store,
-            barge_in=False,
-            skills=skills,
-            timer_key="daemon",
-        )
-
-    daemon = Daemon(
-        DaemonSettings(
-            follow_up_s=1.0,
-            command_timeout_s=2.0,
-            timer_ring_interval_s=0.3,
-            timer_ring_max_s=60.0,
-        ),
-        wake=FakeWakeWord(),
-        make_conversation=conversation,
-        speaker=recorder,
-        output_sample_rate_hz=16000,
-    )
-    command = tone(0.5, hz=880.0, level=0.4) + silence(0.2, 16000) + tone(0.8, hz=220.0)
+    recorder, timers = it.recorder, it.timers
     chime = cue("timer", 16000)
 
     def chimes() -> int:
         return sum(1 for e in recorder.of(AudioOut) if e.turn_id == 0 and e.pcm == chime)
 
     async def source():  # type: ignore[no-untyped-def]
-        async for chunk in paced(command + silence(4.0, 16000), speed=2.0):
+        async for chunk in paced(wake_and_command() + silence(4.0, 16000), speed=2.0):
             yield chunk
-        clock.advance(5)
+        it.clock.advance(5)
         await timers.check()  # the timer ends while the daemon sleeps
         async for chunk in paced(silence(4.0, 16000), speed=2.0):  # 2 s: it keeps ringing
             yield chunk
-        ringing = chimes()
-        assert ringing >= 3
+        assert chimes() >= 3
         # "Okay Nabu... stop."
-        async for chunk in paced(command + silence(3.0, 16000), speed=2.0):
+        async for chunk in paced(wake_and_command() + silence(3.0, 16000), speed=2.0):
             yield chunk
         assert recorder.of(TimerDismissed)
         stopped = chimes()
@@ -1027,9 +1024,9 @@ async def test_the_daemon_rings_a_finished_timer_until_the_user_says_stop(
             yield chunk
         assert chimes() == stopped
 
-    await asyncio.wait_for(daemon.run(source, restart=False), 60)
+    await asyncio.wait_for(it.daemon.run(source, restart=False), 60)
     assert timers.running("daemon") == []
-    store.close()
+    it.store.close()
 
 
 async def test_voicebot_chat_chimes_before_the_timer_is_named() -> None:
