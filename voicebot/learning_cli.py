@@ -107,8 +107,8 @@ def _register_tune(sub: Any) -> None:
         default=[],
         help="conversations from `voicebot data export` (JSONL; repeatable)",
     )
-    tune.add_argument("--steps", type=int, default=120, help="optimiser steps (default 120)")
-    tune.add_argument("--learning-rate", type=float, default=2e-3, metavar="LR")
+    tune.add_argument("--steps", type=int, default=60, help="optimiser steps (default 60)")
+    tune.add_argument("--learning-rate", type=float, default=5e-3, metavar="LR")
     tune.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     tune.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     tune.add_argument(

@@ -277,7 +277,10 @@ def load_llm(
     settings: Settings, manager: ModelManager | None = None, reference: str = ""
 ) -> ChatModel:
     """Load the configured chat model (or ``reference`` instead)."""
+    from ..adapters import find_adapter, split_reference
+
     manager = manager or model_manager(settings)
+    reference, adapter_name = split_reference(reference)
     path = resolve_model(reference or settings.llm.model, "llm", manager)
     llm = settings.llm
     # What every engine takes.
@@ -298,6 +301,17 @@ def load_llm(
             backend, model = choice.backend, choice.model
         else:  # a hub name: only transformers fetches one
             backend = "transformers"
+    if adapter_name:  # a LoRA from `voicebot tune` (docs/learning.md)
+        adapter = find_adapter(adapter_name, manager.root)
+        if backend == "ctranslate2":  # it cannot apply one: the GGUF's engine, or transformers
+            if llm.backend != "auto":
+                raise ConfigError("the ctranslate2 chat backend cannot load a LoRA adapter")
+            have_gguf = (adapter / "adapter.gguf").is_file() and _has_gguf(path)
+            backend, model = ("llama-cpp" if have_gguf else "transformers"), str(path)
+        if backend == "llama-cpp":
+            decoding["lora"] = str(adapter / "adapter.gguf")
+        elif backend == "transformers":
+            decoding["adapter"] = str(adapter)
     if backend == "transformers":
         decoding.update(device=llm.device, dtype=llm.dtype, weights=llm.weights)
     else:
@@ -305,6 +319,16 @@ def load_llm(
     threads = decoding.pop("threads")
     chat: ChatModel = load_backend(backend, model, threads, **decoding)
     return chat
+
+
+def _has_gguf(path: str | Path) -> bool:
+    from .llm_llamacpp import find_gguf
+
+    try:
+        find_gguf(path)
+    except ModelError:
+        return False
+    return True
 
 
 def history_turns(settings: Settings, reference: str = "") -> int:

@@ -44,6 +44,7 @@ class TransformersChat:
         repetition_penalty: float = 1.0,
         threads: int = 0,
         weights: str = "auto",
+        adapter: str | Path | None = None,
     ) -> None:
         """Load a model.
 
@@ -58,6 +59,8 @@ class TransformersChat:
             threads: Torch CPU threads; 0 for one less than the physical cores (at least 1).
             weights: On the CPU in bf16: ``auto``, ``int4``, ``int8`` or ``dense`` linear
                 weights for decoding (see :mod:`voicebot.engines.quant`).
+            adapter: A peft LoRA adapter directory (``voicebot tune``), merged into the
+                weights at load: no cost per token.
 
         Raises:
             ModelError: the model cannot be loaded.
@@ -77,6 +80,7 @@ class TransformersChat:
         # (44 tokens/s alone) once the voice had to speak the first sentence alongside it.
         self.threads = threads or max(1, physical_cores() - 1)
         """Torch CPU threads."""
+        self._adapter = adapter
         self._torch.submit(self._load, model, weights).result()
         if self._tokenizer.chat_template is None:
             raise ModelError(f"chat model {model} has no chat template")
@@ -115,6 +119,10 @@ class TransformersChat:
             loaded: Any = AutoModelForCausalLM.from_pretrained(
                 source, dtype=getattr(torch, self.dtype), **kwargs
             )
+            if self._adapter:
+                from peft import PeftModel
+
+                loaded = PeftModel.from_pretrained(loaded, str(self._adapter)).merge_and_unload()
             self._model = loaded.to(device)
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelError(f"cannot load chat model {model}: {error}") from error

@@ -127,6 +127,7 @@ class LlamaCppChat:
         threads: int = 0,
         context_tokens: int = 2048,
         slots: int = 4,
+        lora: str | Path | None = None,
     ) -> None:
         """Load a model.
 
@@ -140,6 +141,8 @@ class LlamaCppChat:
             context_tokens: Context window to allocate (the prompt budget plus the reply).
             slots: Conversations whose keys and values the context keeps at once (each takes
                 up to ``context_tokens`` of the cache, allocated as it is used).
+            lora: A LoRA adapter in llama.cpp's GGUF format, applied at run time
+                (``adapter.gguf`` of ``voicebot tune``, docs/learning.md).
 
         Raises:
             ModelError: ik-llama-cpp-python is not installed, or the model cannot be loaded.
@@ -187,6 +190,8 @@ class LlamaCppChat:
                 flash_attn=False,
                 n_seq_max=self.slots,
             )
+            if lora:
+                self._lora = _apply_lora(self._lib, self._model.model, self._ctx.ctx, Path(lora))
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelError(f"cannot load chat model {path}: {error}") from error
         self._template = compile_chat_template(template, path)
@@ -478,3 +483,28 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     while count < end and a[count] == b[count]:
         count += 1
     return count
+
+
+def _apply_lora(lib: Any, model: Any, ctx: Any, path: Path) -> Any:
+    """Load a LoRA GGUF for ``model`` and apply it (scale 1) in ``ctx``; returns the adapter.
+
+    This build has llama.cpp's C API of mid-2024: ``llama_lora_adapter_init`` and
+    ``llama_lora_adapter_set`` (not yet ``llama_adapter_lora_*``); its Python wrapper has
+    no binding, so they are declared here.
+
+    Raises:
+        ModelError: the file is missing or not a LoRA of this model.
+    """
+    if not path.is_file():
+        raise ModelError(f"no LoRA adapter file {path}")
+    lib.llama_lora_adapter_init.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.llama_lora_adapter_init.restype = ctypes.c_void_p
+    lib.llama_lora_adapter_set.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float]
+    lib.llama_lora_adapter_set.restype = ctypes.c_int32
+    adapter = lib.llama_lora_adapter_init(model, str(path).encode())
+    if not adapter:
+        raise ModelError(f"llama.cpp cannot load the LoRA adapter {path} for this model")
+    if lib.llama_lora_adapter_set(ctx, adapter, 1.0) != 0:
+        raise ModelError(f"llama.cpp cannot apply the LoRA adapter {path}")
+    _LOGGER.info("LoRA adapter %s applied", path)
+    return adapter
