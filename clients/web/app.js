@@ -922,6 +922,7 @@ function onEvent(message) {
         botBubble(message.turn_id).classList.add("done");
         appendReplyPiece(message.turn_id, message.text);
       }
+      addFeedbackControls(message.turn_id, message.text);
       break;
     }
     case "interrupted":
@@ -950,6 +951,9 @@ function onEvent(message) {
       break;
     case "facts":
       renderFacts(message.facts);
+      break;
+    case "feedback":
+      onFeedback(message);
       break;
     default:
       break; // a newer server's event: ignore it
@@ -1190,3 +1194,77 @@ window.addEventListener("pagehide", () => {
 ui.token.value = localStorage.getItem(STORAGE.token) || "";
 updateButtons();
 loadConfig();
+
+// ------------------------------------------------------------------------------ feedback
+// A thumbs up or down on every reply of the model, a bad one with an optional correction:
+// stored with the reply's turn, for `voicebot data export` and `voicebot tune`
+// (docs/learning.md).
+
+function addFeedbackControls(turnId, text) {
+  if (!turnId || !normalise(text)) return; // the greeting and timers are not rated
+  const item = app.bubbles.get(bubbleKey(turnId, "bot"));
+  if (!item || item.querySelector(".feedback")) return;
+  const box = document.createElement("div");
+  box.className = "feedback";
+  const good = document.createElement("button");
+  good.type = "button";
+  good.className = "feedback-good";
+  good.textContent = "\u{1F44D}";
+  good.title = "Good answer";
+  good.setAttribute("aria-label", "Good answer");
+  const bad = document.createElement("button");
+  bad.type = "button";
+  bad.className = "feedback-bad";
+  bad.textContent = "\u{1F44E}";
+  bad.title = "Wrong answer";
+  bad.setAttribute("aria-label", "Wrong answer");
+  const form = document.createElement("form");
+  form.className = "feedback-correction";
+  form.hidden = true;
+  const input = document.createElement("input");
+  input.type = "text";
+  input.maxLength = 2000;
+  input.placeholder = "The answer should have been... (optional)";
+  input.setAttribute("aria-label", "The right answer");
+  const submit = document.createElement("button");
+  submit.type = "submit";
+  submit.textContent = "Send";
+  const status = document.createElement("span");
+  status.className = "feedback-status";
+  status.setAttribute("role", "status");
+  form.append(input, submit);
+  box.append(good, bad, form, status);
+  item.querySelector(".bubble").append(box);
+  good.addEventListener("click", () => {
+    form.hidden = true;
+    send({ type: "feedback", turn_id: turnId, rating: "good" });
+  });
+  bad.addEventListener("click", () => {
+    form.hidden = false;
+    input.focus();
+    send({ type: "feedback", turn_id: turnId, rating: "bad" });
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const correction = input.value.trim();
+    if (!correction) return;
+    if (send({ type: "feedback", turn_id: turnId, rating: "bad", correction })) {
+      form.dataset.sent = "true"; // hidden once the server has it
+    }
+  });
+}
+
+function onFeedback(message) {
+  const item = app.bubbles.get(bubbleKey(message.turn_id, "bot"));
+  const box = item?.querySelector(".feedback");
+  if (!box) return;
+  box.dataset.rating = message.rating;
+  box.dataset.stored = String(Boolean(message.stored));
+  const status = box.querySelector(".feedback-status");
+  status.textContent = message.stored ? "Thanks, noted." : "Could not save this rating.";
+  if (message.stored && message.rating === "bad") {
+    const form = box.querySelector(".feedback-correction");
+    if (form && form.dataset.sent === "true") form.hidden = true;
+  }
+}
+
