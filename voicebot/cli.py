@@ -549,6 +549,8 @@ async def _client(args: argparse.Namespace) -> int:
         # With the mic, open speakers let it hear the bot, which would interrupt itself.
         barge_in=bool(args.input) if args.barge_in is None else args.barge_in,
         greet=False,
+        fallback_urls=args.more_urls,
+        reconnect_for_s=args.reconnect_for,
     )
     ready = await client.connect()
     out_rate = int(ready["sample_rate"])
@@ -557,8 +559,6 @@ async def _client(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-        fallback_urls=args.more_urls,
-        reconnect_for_s=args.reconnect_for,
     started = time.perf_counter()
     timeline = Timeline(out_rate, lambda: time.perf_counter() - started)
     speaker = None
@@ -1166,6 +1166,20 @@ def build_parser() -> argparse.ArgumentParser:
         "down, 1009 message too big, 1011 server error, 1006 connection lost).",
     )
     client.add_argument("url", metavar="URL", help="ws://HOST:PORT/ws")
+    client.add_argument(
+        "more_urls",
+        nargs="*",
+        metavar="URL",
+        help="other replicas, tried in turn when reconnecting",
+    )
+    client.add_argument(
+        "--reconnect-for",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="after a dropped connection or 1001 (server going away), reconnect and resume "
+        "the conversation for up to S seconds (0: do not; default 60)",
+    )
     client.add_argument("--input", metavar="FILE", help="stream this recording (default: mic)")
     client.add_argument("--output", metavar="OUT.wav", help="save the reply (default: play it)")
     client.add_argument("--input-device", metavar="DEVICE")
@@ -1184,20 +1198,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     daemon = sub.add_parser("daemon", help="smart-speaker mode: wake word, then talk")
     daemon.add_argument(
-    client.add_argument(
-        "more_urls",
-        nargs="*",
-        metavar="URL",
-        help="other replicas, tried in turn when reconnecting",
-    )
-    client.add_argument(
-        "--reconnect-for",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="after a dropped connection or 1001 (server going away), reconnect and resume "
-        "the conversation for up to S seconds (0: do not; default 60)",
-    )
         "--wake-word",
         dest="daemon.wake_word",
         metavar="NAME",

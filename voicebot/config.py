@@ -181,8 +181,6 @@ class LlmSettings:
     """Stop after this many sentences: spoken replies should be short. 0 for no limit."""
     threads: int = 0
     """Torch threads on the CPU; 0 uses the number of physical cores."""
-
-
     base_url: str = ""
     """``backend = "openai"``: the OpenAI-compatible server, e.g. ``http://gpu-box:8080/v1``
     (llama.cpp's server), ``http://gpu-box:8000/v1`` (vLLM), ``http://gpu-box:11434/v1``
@@ -197,6 +195,8 @@ class LlmSettings:
     """``backend = "openai"``: a local tokenizer for the token budget (a catalog id, or a
     ``tokenizer.json`` or a directory holding one). Empty: the catalog model of the same
     name when there is one, else an estimate (4 characters a token)."""
+
+
 @dataclass(frozen=True)
 class TtsSettings:
     """Text to speech (Piper)."""
@@ -275,11 +275,11 @@ class ServerSettings:
     """Beyond the burst, text frames read per second."""
     max_paced_s: float = 20.0
     """A client kept paced this long without a break is closed with 1008 ``too fast``."""
-
-
     drain_timeout_s: float = 20.0
     """On SIGTERM: longest wait for replies in progress to finish before the remaining
     sessions are closed with 1001 (their clients reconnect, to another replica)."""
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     """The smart-speaker daemon."""

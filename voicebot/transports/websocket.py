@@ -182,17 +182,17 @@ class VoiceServer:
         # Every connection being served, counted against the cap from its arrival: a client
         # still to send ``start`` holds a slot, or concurrent arrivals would all get in.
         self._closing = False
-        self._server: Server | None = None
-        self._stats = _Stats()
         self._draining = False
         self.health = "loading"
         """``loading`` (not listening yet), ``ready``, or ``draining`` (SIGTERM: no new
         sessions, replies in progress finish): what ``/healthz`` says."""
+        self._server: Server | None = None
+        self._stats = _Stats()
         self._handlers: set[asyncio.Task[Any]] = set()
-        self.timers = timers or TimerService(store)
-        """Every session's timers: they outlive a connection and survive a restart."""
         self.metrics = VoiceMetrics(sessions=lambda: len(self.sessions), workers=engines.workers)
         """What ``/metrics`` serves (Prometheus)."""
+        self.timers = timers or TimerService(store)
+        """Every session's timers: they outlive a connection and survive a restart."""
         self.skills = (
             SkillRouter(settings.skills, timers=self.timers) if settings.skills.enabled else None
         )
@@ -243,9 +243,9 @@ class VoiceServer:
             ping_interval=20,
             ping_timeout=20,
         )
+        self.health = "ready"
 
     async def serve_forever(self) -> None:
-        self.health = "ready"
         """Serve until cancelled; then call :meth:`drain` or :meth:`close`.
 
         Cancelling this does not touch the connections (the websockets server's own
@@ -309,16 +309,16 @@ class VoiceServer:
             return refused
         path = urlsplit(request.path).path
         if path == "/ws":
-            return self._check_origin(connection, request)
-        if path == "/healthz":
             if self._draining:
                 self.metrics.reject("draining")
                 refusal = b"draining: connect to another replica\n"
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, refusal, "text/plain")
+            return self._check_origin(connection, request)
+        if path == "/healthz":
+            ready = self.health == "ready"
             body = {
                 "status": "ok" if ready else self.health,
                 "state": self.health,
-            ready = self.health == "ready"
                 "sessions": len(self.sessions),
                 "connections": len(self._connections),
                 "max_sessions": self.settings.server.max_sessions,
@@ -359,9 +359,9 @@ class VoiceServer:
         if name is not None and (is_loopback(name) or name == server.host.lower()):
             return None
         _LOGGER.warning("refused a request for host %r (not a loopback name)", values)
+        self.metrics.reject("host")
         body = (
             "misdirected request: this server answers only to localhost, 127.0.0.1 or [::1] "
-        self.metrics.reject("host")
             "(set a token to serve other host names)\n"
         )
         return _response(HTTPStatus.MISDIRECTED_REQUEST, body.encode(), "text/plain")
@@ -377,9 +377,9 @@ class VoiceServer:
         if urlsplit(origin).netloc == host:
             return None  # same origin: the page this server served
         _LOGGER.warning("refused websocket from origin %s", origin)
+        self.metrics.reject("origin")
         return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n", "text/plain")
 
-        self.metrics.reject("origin")
     def _static(self, path: str) -> Response:
         if path in ("", "/"):
             path = "/index.html"
@@ -409,9 +409,9 @@ class VoiceServer:
             return
         # No await between the check and the add: concurrent arrivals cannot all pass.
         if len(self._connections) >= self.settings.server.max_sessions:
+            self.metrics.reject("full")
             await connection.close(CLOSE_SERVER_FULL, "server full, try again later")
             return
-            self.metrics.reject("full")
         self._connections.add(connection)
         try:
             await self._run_session(connection)
@@ -422,15 +422,15 @@ class VoiceServer:
         start = await self._await_start(connection)
         if start is None:
             return
-        if not await self._prepare_profile(connection, start):
-            return
         if self._draining:  # it connected before the drain: another replica takes it
             await _close_quietly(connection, CLOSE_GOING_AWAY, "server shutting down")
             return
+        if not await self._prepare_profile(connection, start):
+            return
         send = _Sender(connection, start.output_sample_rate_hz)
+        send.observe = self.metrics.observe
         try:
             session = Session(
-        send.observe = self.metrics.observe
                 self.engines,
                 self.settings,
                 sink=send,
@@ -527,17 +527,17 @@ class VoiceServer:
                         continue
                     token = self.settings.server.token
                     if token and not hmac.compare_digest(_utf8(message.token), _utf8(token)):
+                        self.metrics.reject("unauthorized")
                         await _send_quietly(
                             connection, error_frame("unauthorized", "wrong or missing token")
-                        self.metrics.reject("unauthorized")
                         )
                         await connection.close(CLOSE_POLICY, "unauthorized")
                         return None
                     return message
         except TimeoutError:
+            self.metrics.reject("no_start")
             await connection.close(CLOSE_POLICY, "no start message")
         except ConnectionClosed:
-            self.metrics.reject("no_start")
             pass
         return None
 
@@ -593,15 +593,15 @@ class VoiceServer:
                 try:
                     await session.feed(frame)
                 except VoicebotError as error:
+                    self.metrics.error(error.code)
                     await connection.send(error_frame(error.code, str(error)))
                 continue
-                    self.metrics.error(error.code)
             try:
                 message = parse_text_frame(frame)
             except ProtocolError as error:
+                self.metrics.error(error.code)
                 await connection.send(error_frame(error.code, str(error)))
                 continue
-                self.metrics.error(error.code)
             if isinstance(message, TextMessage):
                 send.touch()
                 await session.send_text(message.text)
@@ -711,6 +711,8 @@ class _Sender:
         self._resampler: StreamResampler | None = None
         self._resampler_turn = -1  # the turn whose audio the resampler holds samples of
         self._held: list[str | bytes] | None = []  # frames made before "ready" was sent
+        self.observe: Callable[[Event], None] | None = None
+        """Sees every event first (the server's metrics)."""
 
     def touch(self) -> None:
         """The user did something: the idle timeout starts again."""
@@ -721,14 +723,14 @@ class _Sender:
         held, self._held = self._held or [], None
         for frame in held:
             await _send_quietly(self.connection, frame)
-        self.observe: Callable[[Event], None] | None = None
-        """Sees every event first (the server's metrics)."""
 
     @property
     def output_rate(self) -> int:
         return self.requested_rate or self.source_rate
 
     async def __call__(self, event: Event) -> None:
+        if self.observe is not None:
+            self.observe(event)
         if isinstance(event, SpeechStarted):
             self.user_speaking = True
             self.touch()
@@ -739,8 +741,6 @@ class _Sender:
         if isinstance(event, AudioOut) and self.output_rate != event.sample_rate_hz:
             resampler = self._resampler
             if (
-        if self.observe is not None:
-            self.observe(event)
                 resampler is None
                 or resampler.from_hz != event.sample_rate_hz
                 or self._resampler_turn != event.turn_id
