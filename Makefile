@@ -41,6 +41,25 @@ $(SATELLITE_STAMP):
 	$(SATELLITE_VENV)/bin/python -m pip install -q "wyoming-satellite==1.0.0"
 	touch $(SATELLITE_STAMP)
 
+# The tests of `[llm] backend = "openai"` run a real OpenAI-compatible server: llama-cpp-python's
+# llama_cpp.server on the embedded GGUF. PyPI has it only as source, so it is compiled, once, for
+# the tests only (`make run` never compiles); the wheel is kept in WHEEL_CACHE for later setups.
+LLM_SERVER_VENV ?= .venv-llm-server
+LLM_SERVER_STAMP := $(LLM_SERVER_VENV)/.installed
+LLAMA_CPP_PYTHON ?= 0.3.36
+WHEEL_CACHE ?= $(HOME)/.cache/voicebot/wheels
+
+$(LLM_SERVER_STAMP):
+	$(PYTHON) -m venv $(LLM_SERVER_VENV)
+	$(LLM_SERVER_VENV)/bin/python -m pip install -q --upgrade pip
+	mkdir -p $(WHEEL_CACHE)
+	ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_PYTHON)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+	  $(LLM_SERVER_VENV)/bin/python -m pip wheel -q --no-deps -w $(WHEEL_CACHE) "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
+	$(LLM_SERVER_VENV)/bin/python -m pip install -q --find-links $(WHEEL_CACHE) "llama-cpp-python[server]==$(LLAMA_CPP_PYTHON)"
+	touch $(LLM_SERVER_STAMP)
+
 models: $(STAMP)
 	$(BIN)/voicebot models pull
 
@@ -54,7 +73,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check voicebot tests
 	$(BIN)/mypy
 
-test: system-test $(STAMP) models lint $(SATELLITE_STAMP)
+test: system-test $(STAMP) models lint $(SATELLITE_STAMP) $(LLM_SERVER_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The benchmark: both the machine's best path and the plain AVX2 path (docs/benchmarks.md).
@@ -62,4 +81,4 @@ bench: setup
 	$(BIN)/voicebot bench --json bench-results.json
 
 clean:
-	rm -rf $(VENV) $(SATELLITE_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SATELLITE_VENV) $(LLM_SERVER_VENV) .pytest_cache .mypy_cache .ruff_cache

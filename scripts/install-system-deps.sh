@@ -6,15 +6,18 @@
 #   libasound2-plugins  lets PortAudio's ALSA backend reach PulseAudio
 #   chromium       the headless browser for the browser-client test
 #   systemd        systemd-analyze, to verify the shipped unit file
+#   cmake g++      compile llama-cpp-python, the OpenAI-compatible server the tests run
+#                  (tests only: `make run` compiles nothing)
+#   haproxy        the load balancer in front of two replicas in the tests (deploy/)
 # Usage: scripts/install-system-deps.sh [--test]
-#   --test adds the test-only packages. Nothing is compiled: every engine comes as a wheel.
+#   --test adds the test-only packages. voicebot compiles nothing: every engine comes as a wheel.
 set -euo pipefail
 
 packages=(libportaudio2)
 for option in "$@"; do
   case "$option" in
     --test) packages+=(espeak-ng pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
-                       chromium systemd) ;;
+                       chromium systemd cmake g++ haproxy) ;;
     *) echo "usage: $0 [--test]" >&2; exit 2 ;;
   esac
 done

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.request
 from dataclasses import replace
 from typing import Any
@@ -166,3 +167,21 @@ async def test_a_real_spoken_turn_moves_the_counters_and_histograms(
         assert observed == pytest.approx(metrics["ms"][stage] / 1000, abs=1e-6), stage
     assert value(after, "voicebot_turns_total", answered_by="model") == 1
     assert value(after, "voicebot_active_sessions") == 1
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_that_exist() -> None:
+    from voicebot.metrics import VoiceMetrics
+    from voicebot.workers import ModelWorker
+
+    from .conftest import REPO
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "voicebot-dashboard.json").read_text())
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"voicebot_[a-z_]+", target["expr"])
+    }
+    metrics = VoiceMetrics(workers=lambda: [ModelWorker("llm")])
+    exposed = {name for name, _, _ in metrics.samples()}
+    assert asked and asked <= exposed, asked - exposed

@@ -13,9 +13,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -278,6 +281,13 @@ class Replica:
                 assert self.process.poll() is None, f"the replica died:\n{text}"
                 await asyncio.sleep(0.2)
 
+    def wait_ready(self, timeout_s: float = 400) -> None:
+        deadline = time.monotonic() + timeout_s
+        while "ready in" not in self.log.read_text(errors="replace"):
+            assert self.process.poll() is None, self.log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the replica did not start"
+            time.sleep(0.2)
+
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
@@ -293,7 +303,11 @@ class Replica:
 def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
     data = tmp_path / "shared-data"
     data.mkdir()
-    pair = (Replica(tmp_path, "a", data), Replica(tmp_path, "b", data))
+    first = Replica(tmp_path, "a", data)
+    # One after the other: two processes creating the same new SQLite file at the same moment
+    # can find it locked (the store's first open is not retried).
+    first.wait_ready()
+    pair = (first, Replica(tmp_path, "b", data))
     yield pair
     for replica in pair:
         replica.stop()
@@ -368,3 +382,109 @@ async def test_sigterm_mid_reply_the_turn_finishes_and_the_client_resumes_on_the
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await client.close()
+
+
+HAPROXY_CONFIG = """
+global
+    maxconn 256
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend voice
+    bind 127.0.0.1:{port}
+    default_backend replicas
+backend replicas
+    balance leastconn
+    option httpchk
+    # A Host header: without a token voicebot answers only loopback names (DNS rebinding).
+    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host localhost
+    http-check expect status 200
+    default-server inter 500ms fall 1 rise 1
+    server a 127.0.0.1:{a} check
+    server b 127.0.0.1:{b} check
+"""
+
+
+def start_haproxy(config: Path) -> subprocess.Popen[bytes]:
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    assert Path(haproxy).exists(), "haproxy is missing: run scripts/install-system-deps.sh --test"
+    return subprocess.Popen(  # noqa: S603 - our own arguments
+        [haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def sessions_of(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("voicebot_active_sessions "):
+                return float(line.split()[1])
+    raise AssertionError("no voicebot_active_sessions")
+
+
+@pytest.mark.models
+async def test_four_sessions_through_haproxy_one_replica_drained_all_resume_with_their_history(
+    replicas: tuple[Replica, Replica], tmp_path: Path
+) -> None:
+    a, b = replicas
+    await asyncio.gather(a.ready(), b.ready())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(port=port, a=a.port, b=b.port))
+    balancer = start_haproxy(config)
+    names = ["Alice", "Bruno", "Carla", "Diego"]
+    clients = [VoiceClient(f"ws://127.0.0.1:{port}/ws", reconnect_for_s=60) for _ in names]
+    queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in names]
+    readers: list[asyncio.Task[None]] = []
+    try:
+        async with asyncio.timeout(30):
+            while True:  # haproxy listening
+                try:
+                    await clients[0].connect()
+                    break
+                except Exception:  # noqa: BLE001 - not up yet
+                    await asyncio.sleep(0.2)
+        for client in clients[1:]:
+            await client.connect()
+        # leastconn: the four long connections are spread two and two.
+        spread = await asyncio.gather(
+            asyncio.to_thread(sessions_of, a.port), asyncio.to_thread(sessions_of, b.port)
+        )
+        assert spread == [2.0, 2.0], spread
+        for client, queue in zip(clients, queues, strict=True):
+            readers.append(asyncio.create_task(events_into(client, queue)))
+        for client, queue, name in zip(clients, queues, names, strict=True):
+            await client.send_text(f"My name is {name}.")
+            await until(queue, "reply_done", 120)
+
+        a.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(a.process.wait, 60) == 0
+        moved = 0
+        for client, queue, name in zip(clients, queues, names, strict=True):
+            # A client of the drained replica waits for its new connection to send this.
+            await client.send_text("What is my name?")
+            seen = await until(queue, "reply_done", 120)
+            codes = [e["code"] for e in seen if e["type"] == "reconnecting"]
+            assert codes in ([], [1001]), seen
+            if codes:
+                moved += 1
+                resumed = next(e for e in seen if e["type"] == "ready")
+                assert resumed["history"][0]["text"] == f"My name is {name}."
+            assert name.lower() in seen[-1]["text"].lower(), (name, seen)
+        assert moved == 2
+        assert await asyncio.to_thread(sessions_of, b.port) == 4.0
+    finally:
+        for reader in readers:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        for client in clients:
+            await client.close()
+        balancer.kill()
+        balancer.wait(30)

@@ -70,6 +70,14 @@ class EngineError(VoicebotError):
     code = "engine"
 
 
+class LlmUnavailableError(EngineError):
+    """The chat model's server is down, too slow, refused the key, or answered garbage."""
+
+    code = "llm_unavailable"
+    apology = "Sorry, I can't reach my language model right now. Please try again in a moment."
+    """What the session says instead of the reply."""
+
+
 class OverloadedError(VoicebotError):
     """A shared model's queue is full: the call was refused, or shed for more urgent work."""
 

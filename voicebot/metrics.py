@@ -129,6 +129,8 @@ class VoiceMetrics:
         Info("voicebot_build", "voicebot's version", registry=registry).info(
             {"version": _version(), "python": platform.python_version(), "role": role}
         )
+        for answered_by in ("model", "skill"):
+            self.turns.labels(answered_by)
         for code in ("internal", "llm_unavailable", "overloaded"):
             self.errors.labels(code)  # present from the start: rate() needs a zero
         for reason in ("full", "draining"):

@@ -583,6 +583,10 @@ class Session:
             _LOGGER.warning("turn %d failed: %s", turn, error)
             await self._emit(ErrorEvent(error.code, str(error), turn))
             await self._close_reply(interrupted=True)
+            apology = getattr(error, "apology", "")
+            if apology:  # the chat server is unreachable: say so rather than stay silent
+                with contextlib.suppress(VoicebotError):
+                    await self.responder.say(apology, turn, self._reply_event, cancel=cancel)
             await self._set_state(SessionState.LISTENING)
         except Exception as error:  # a loop boundary: report, keep the session alive
             _LOGGER.exception("turn %d failed", turn)

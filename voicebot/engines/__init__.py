@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from ..config import Profile, Settings
-from ..errors import ConfigError, ModelError, ModelNotFoundError, VoicebotError
+from ..errors import (
+    ConfigError,
+    LlmUnavailableError,
+    ModelError,
+    ModelNotFoundError,
+    VoicebotError,
+)
 from ..models import ModelManager
 from ..workers import ModelWorker
 from .base import (
@@ -196,8 +202,11 @@ class Engines:
         self.stt.transcribe(bytes(32000))
         times["stt"] = time.perf_counter() - start
         start = time.perf_counter()
-        for _ in self.llm.stream([{"role": "user", "content": "Hi"}], threading.Event()):
-            pass
+        try:
+            for _ in self.llm.stream([{"role": "user", "content": "Hi"}], threading.Event()):
+                pass
+        except LlmUnavailableError as error:  # a remote server: it may come up later
+            _LOGGER.warning("the chat model did not answer its warm-up: %s", error)
         times["llm"] = time.perf_counter() - start
         start = time.perf_counter()
         for _ in self.tts.synthesize("Ready."):
@@ -277,6 +286,10 @@ def load_llm(
     settings: Settings, manager: ModelManager | None = None, reference: str = ""
 ) -> ChatModel:
     """Load the configured chat model (or ``reference`` instead)."""
+    if settings.llm.backend == "openai":  # a server's model name, not a local model
+        from .llm_openai import load_openai_chat
+
+        return load_openai_chat(settings, manager or model_manager(settings), reference)
     from ..adapters import find_adapter, split_reference
 
     manager = manager or model_manager(settings)
@@ -392,6 +405,8 @@ def load_engines(settings: Settings, manager: ModelManager | None = None) -> Eng
         (settings.llm.model, "llm"),
         (settings.tts.voice, "tts"),
     ):
+        if kind == "llm" and settings.llm.backend == "openai":
+            continue  # the server's model name
         resolve_model(reference, kind, manager)  # fail fast, before loading anything
     times: dict[str, float] = {}
     start = time.perf_counter()
