@@ -235,11 +235,10 @@ class ModelWorker:
             if self._closed:
                 raise EngineError(f"the {self.name} worker is closed")
             job = _Job(int(priority), next(self._sequence), call, future, sheddable)
-            candidates = [queued for queued in self._queue if queued.sheddable]
             if len(self._queue) >= self.max_queued and sheddable:
                 # The least urgent, newest queued call makes room for a more urgent one; the
                 # rest of a stream already begun is never shed.
-                last = max(candidates) if candidates else job
+                last = max((queued for queued in self._queue if queued.sheddable), default=job)
                 if last.priority <= job.priority:
                     raise OverloadedError(
                         f"the {self.name} model is busy ({len(self._queue)} calls waiting): "

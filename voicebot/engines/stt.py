@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,20 +161,23 @@ class WhisperStt:
         audio_s = audio.size / _SAMPLE_RATE_HZ
         if audio_s < _MIN_AUDIO_S or _dbfs(audio) < _SILENCE_DBFS:
             return Transcription(text="", language=self.language or "", audio_s=audio_s)
-        model = self._free.get()
-        try:
+        with self._instance() as model:
             return self._transcribe_with(model, audio, audio_s)
-        finally:
-            self._free.put(model)
 
     def plain_transcribe(self, audio: np.ndarray) -> None:
         """Plain faster-whisper on float audio (30 s window, its default decoding): the
         benchmark's reference."""
-        model = self._free.get()
-        try:
+        with self._instance() as model:
             model.window_frames = 3000
             segments, _ = model.transcribe(audio, language=self.language)
             list(segments)
+
+    @contextlib.contextmanager
+    def _instance(self) -> Iterator[Any]:
+        """A free model instance, held for the block (waiting for one if all are busy)."""
+        model = self._free.get()
+        try:
+            yield model
         finally:
             self._free.put(model)
 
