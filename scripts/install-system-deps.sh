@@ -9,6 +9,8 @@
 #   cmake g++      compile llama-cpp-python, the OpenAI-compatible server the tests run
 #                  (tests only: `make run` compiles nothing)
 #   haproxy        the load balancer in front of two replicas in the tests (deploy/)
+#   postgresql     the shared store ([store] url) in the tests: each run makes a throwaway
+#                  cluster with initdb (tests/pg.py); Debian's own service is not used
 # Usage: scripts/install-system-deps.sh [--test]
 #   --test adds the test-only packages. voicebot compiles nothing: every engine comes as a wheel.
 set -euo pipefail
@@ -17,7 +19,7 @@ packages=(libportaudio2)
 for option in "$@"; do
   case "$option" in
     --test) packages+=(espeak-ng pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
-                       chromium systemd cmake g++ haproxy) ;;
+                       chromium systemd cmake g++ haproxy postgresql) ;;
     *) echo "usage: $0 [--test]" >&2; exit 2 ;;
   esac
 done

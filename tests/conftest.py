@@ -13,6 +13,8 @@ from voicebot.config import Settings, load_settings
 from voicebot.engines import Engines
 from voicebot.speech_samples import SpeechMaker
 
+from .pg import postgres, store_location  # noqa: F401 - fixtures: a real PostgreSQL
+
 REPO = Path(__file__).resolve().parent.parent
 
 

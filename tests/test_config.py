@@ -414,3 +414,23 @@ def test_the_environment_outranks_a_profiles_voice_but_not_what_it_leaves_alone(
     pirate = settings.get_profile("pirate")
     assert pirate.voice == "" and settings.tts.voice == "/v/env.onnx"
     assert pirate.speaking_rate == 0.9 and pirate.llm_model == "/models/pirate-llm"
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+def test_the_store_is_a_sqlite_file_unless_a_postgresql_url_is_set(tmp_path: Path) -> None:
+    settings = load_settings(
+        write_config(tmp_path, ""), environ={}, overrides={"data_dir": str(tmp_path / "d")}
+    )
+    assert settings.store.url == ""
+    assert settings.store_location() == str(tmp_path / "d" / "voicebot.db")
+    in_file = load_settings(
+        write_config(tmp_path, '[store]\nurl = "postgresql://db.lan/voicebot"\n'), environ={}
+    )
+    assert in_file.store_location() == "postgresql://db.lan/voicebot"
+    url = "postgresql://bot:pw@db.lan:5432/voicebot"
+    from_env = load_settings(write_config(tmp_path, ""), environ={"VOICEBOT_STORE_URL": url})
+    assert from_env.store_location() == url
+    with pytest.raises(ConfigError, match="PostgreSQL URL"):
+        load_settings(write_config(tmp_path, '[store]\nurl = "mysql://db/x"\n'), environ={})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -24,9 +23,10 @@ from voicebot.feedback import parse_feedback_command
 from voicebot.learning_cli import parse_since
 from voicebot.protocol import FeedbackMessage, feedback_frame, parse_text_frame
 from voicebot.session import Session
-from voicebot.store import Store
+from voicebot.store import Store, is_postgres_url
 
 from .conftest import Recorder, make_settings
+from .pg import query
 from .test_cli import voicebot
 
 
@@ -43,11 +43,6 @@ def _exchange(store: Store, cid: str, question: str, reply: str, at: float | Non
     when = time.time() if at is None else at
     store.add_turn(cid, Turn("user", question, when))
     return store.add_turn(cid, Turn("assistant", reply, when))
-
-
-def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as db:
-        return db.execute(sql).fetchall()
 
 
 # --- the protocol and the typed commands ---
@@ -95,8 +90,10 @@ def test_since_takes_dates_and_ages() -> None:
 # --- the session stores feedback with the reply ---
 
 
-async def test_feedback_is_stored_with_the_rated_reply(settings: Settings) -> None:
-    store = Store(":memory:")
+async def test_feedback_is_stored_with_the_rated_reply(
+    settings: Settings, store_location: str
+) -> None:
+    store = Store(store_location)
     recorder = Recorder()
     session = Session(
         _engines("Paris is the capital.", "Munich is the capital."),
@@ -120,11 +117,14 @@ async def test_feedback_is_stored_with_the_rated_reply(settings: Settings) -> No
         ("Munich is the capital.", "bad", "Berlin is the capital."),
     ]
     await session.close()
+    store.close()
 
 
-async def test_spoken_feedback_rates_the_last_reply_and_is_not_kept(tmp_path: Path) -> None:
+async def test_spoken_feedback_rates_the_last_reply_and_is_not_kept(
+    tmp_path: Path, store_location: str
+) -> None:
     settings = make_settings(tmp_path)
-    store = Store(":memory:")
+    store = Store(store_location)
     recorder = Recorder()
     session = Session(_engines("Monday.", "Noted."), settings, sink=recorder, store=store)
     cid = await asyncio.wait_for(session.start(), 10)
@@ -144,13 +144,14 @@ async def test_spoken_feedback_rates_the_last_reply_and_is_not_kept(tmp_path: Pa
     await asyncio.wait_for(session.wait_idle(), 10)
     assert store.rated_turns(cid)[1].feedback == "good"
     await session.close()
+    store.close()
 
 
 # --- deletion, retention and the export ---
 
 
-def test_deleted_conversations_leave_nothing_behind(tmp_path: Path) -> None:
-    path = tmp_path / "voicebot.db"
+def test_deleted_conversations_leave_nothing_behind(tmp_path: Path, store_location: str) -> None:
+    path = store_location
     store = Store(path)
     kept = store.create_conversation("default")
     gone = store.create_conversation("default")
@@ -162,16 +163,18 @@ def test_deleted_conversations_leave_nothing_behind(tmp_path: Path) -> None:
     assert not store.delete_conversation(gone)
     assert not store.exists(gone) and store.exists(kept)
     for table in ("turns", "facts", "timers"):
-        assert _rows(path, f"SELECT * FROM {table} WHERE conversation_id = '{gone}'") == []
+        assert query(path, f"SELECT * FROM {table} WHERE conversation_id = '{gone}'") == []
     settings = make_settings(tmp_path)
     assert "zebra" not in json.dumps(list(training_examples(store, settings)))
     store.close()
+    if is_postgres_url(path):
+        return  # its files keep dead rows until the space is reused (docs/learning.md)
     for file in tmp_path.glob("voicebot.db*"):
         assert b"zebra-tulip-99" not in file.read_bytes(), file.name
 
 
-def test_delete_all_and_retention(tmp_path: Path) -> None:
-    path = tmp_path / "voicebot.db"
+def test_delete_all_and_retention(store_location: str) -> None:
+    path = store_location
     store = Store(path)
     old = store.create_conversation("default")
     _exchange(store, old, "An old question?", "An old answer.", at=time.time() - 40 * 86400)
@@ -180,19 +183,21 @@ def test_delete_all_and_retention(tmp_path: Path) -> None:
     store.close()
     store = Store(path, keep_days=30)  # applied when opened
     assert not store.exists(old) and store.exists(new)
-    assert _rows(path, "SELECT COUNT(*) FROM turns") == [(2,)]
+    assert query(path, "SELECT COUNT(*) FROM turns") == [(2,)]
     assert store.delete_all() == 1
-    assert _rows(path, "SELECT COUNT(*) FROM turns") == [(0,)]
+    assert query(path, "SELECT COUNT(*) FROM turns") == [(0,)]
     assert store.conversations() == []
     store.close()
 
 
-def test_export_replaces_corrections_and_honours_filters(tmp_path: Path) -> None:
+def test_export_replaces_corrections_and_honours_filters(
+    tmp_path: Path, store_location: str
+) -> None:
     settings = make_settings(
         tmp_path,
         '[profiles.private]\ntraining_data = false\n[profiles.kids]\nsystem_prompt = "Be kind."\n',
     )
-    store = Store(":memory:")
+    store = Store(store_location)
     cid = store.create_conversation("default")
     good = _exchange(store, cid, "Capital of France?", "Paris.")
     bad = _exchange(store, cid, "Capital of Germany?", "Munich.")
@@ -229,6 +234,7 @@ def test_export_replaces_corrections_and_honours_filters(tmp_path: Path) -> None
     only_kids = list(training_examples(store, settings, profile="kids"))
     assert len(only_kids) == 1 and only_kids[0]["messages"][1]["content"] == "Why is the sky blue?"
     assert list(training_examples(store, settings, since=time.time() + 60)) == []
+    store.close()
 
 
 # --- text mode, the export and deletion from the command line, on the real model ---

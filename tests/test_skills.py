@@ -483,9 +483,9 @@ def test_extra_templates_add_phrasings(tmp_path: Path) -> None:
 # --- timers on a fake clock ---
 
 
-async def test_timers_start_list_cancel_finish(tmp_path: Path) -> None:
+async def test_timers_start_list_cancel_finish(store_location: str) -> None:
     clock = FakeClock()
-    store = Store(tmp_path / "t.db")
+    store = Store(store_location)
     timers = TimerService(store, clock=clock)
     await timers.load()
     heard: list[object] = []
@@ -547,9 +547,9 @@ async def test_timers_start_list_cancel_finish(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_a_timer_is_lengthened_and_shortened(tmp_path: Path) -> None:
+async def test_a_timer_is_lengthened_and_shortened(store_location: str) -> None:
     clock = FakeClock()
-    store = Store(tmp_path / "t.db")
+    store = Store(store_location)
     timers = TimerService(store, clock=clock)
     heard: list[object] = []
 
@@ -580,9 +580,9 @@ async def test_a_timer_is_lengthened_and_shortened(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_a_timer_is_paused_and_resumed_across_a_restart(tmp_path: Path) -> None:
+async def test_a_timer_is_paused_and_resumed_across_a_restart(store_location: str) -> None:
     clock = FakeClock()
-    path = tmp_path / "t.db"
+    path = store_location
     store = Store(path)
     timers = TimerService(store, clock=clock)
     heard: list[object] = []
@@ -621,9 +621,9 @@ async def test_a_timer_is_paused_and_resumed_across_a_restart(tmp_path: Path) ->
     store.close()
 
 
-async def test_other_conversations_do_not_hear_or_touch_the_timers(tmp_path: Path) -> None:
+async def test_other_conversations_do_not_hear_or_touch_the_timers(store_location: str) -> None:
     clock = FakeClock()
-    store = Store(tmp_path / "t.db")
+    store = Store(store_location)
     timers = TimerService(store, clock=clock)
     router = SkillRouter(timers=timers, clock=clock)
     heard: list[object] = []
@@ -641,9 +641,9 @@ async def test_other_conversations_do_not_hear_or_touch_the_timers(tmp_path: Pat
     store.close()
 
 
-async def test_timers_survive_a_restart(tmp_path: Path) -> None:
+async def test_timers_survive_a_restart(store_location: str) -> None:
     clock = FakeClock()
-    path = tmp_path / "voicebot.db"
+    path = store_location
     store = Store(path)
     timers = TimerService(store, clock=clock)
     router = SkillRouter(timers=timers, clock=clock)
@@ -682,9 +682,9 @@ async def test_timers_survive_a_restart(tmp_path: Path) -> None:
         store.close()
 
 
-async def test_a_timer_is_ended_once_when_two_services_share_the_file(tmp_path: Path) -> None:
+async def test_a_timer_is_ended_once_when_two_services_share_the_file(store_location: str) -> None:
     clock = FakeClock()
-    path = tmp_path / "voicebot.db"
+    path = store_location
     first, second = Store(path), Store(path)
     a, b = TimerService(first, clock=clock), TimerService(second, clock=clock)
     await a.add("c", 5, "tea")
@@ -695,8 +695,8 @@ async def test_a_timer_is_ended_once_when_two_services_share_the_file(tmp_path: 
     second.close()
 
 
-async def test_timer_limits(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+async def test_timer_limits(store_location: str) -> None:
+    store = Store(store_location)
     timers = TimerService(store, clock=FakeClock(), max_timers=2)
     router = SkillRouter(timers=timers, clock=FakeClock())
     for _ in range(2):
@@ -1083,10 +1083,10 @@ def test_a_satellite_hears_the_servers_timers() -> None:
 
 
 async def test_a_timer_that_ended_with_nobody_there_rings_when_the_conversation_opens(
-    settings: Settings, tmp_path: Path
+    settings: Settings, store_location: str
 ) -> None:
     clock = FakeClock()
-    store = Store(tmp_path / "s.db")
+    store = Store(store_location)
     timers = TimerService(store, clock=clock)
     skills = SkillRouter(timers=timers, clock=clock)
     cid = store.create_conversation("default")
@@ -1114,8 +1114,8 @@ async def test_a_timer_that_ended_with_nobody_there_rings_when_the_conversation_
     store.close()
 
 
-async def test_a_timer_set_just_before_a_barge_in_is_still_watched(tmp_path: Path) -> None:
-    store = Store(tmp_path / "t.db")
+async def test_a_timer_set_just_before_a_barge_in_is_still_watched(store_location: str) -> None:
+    store = Store(store_location)
     clock = FakeClock()
     timers = TimerService(store, clock=clock)
     adding = asyncio.create_task(timers.add("c", 5, "tea"))

@@ -171,7 +171,7 @@ def _cmd_say(args: argparse.Namespace) -> int:
 def _open_store(settings: Settings) -> Any:
     from .store import Store
 
-    return Store(settings.database_path(), keep_days=settings.store.keep_days)
+    return Store(settings.store_location(), keep_days=settings.store.keep_days)
 
 
 def _cmd_reply(args: argparse.Namespace) -> int:
@@ -493,6 +493,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     check_server_settings(settings)
     store = _open_store(settings)
+    if store.backend != "sqlite":  # the URL without its password
+        print(f"voicebot: conversation store {store.location}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     print("voicebot: loading and warming up the models...", file=sys.stderr, flush=True)
     engines = load_engines(settings)

@@ -332,6 +332,18 @@ class StoreSettings:
     keep_days: float = 0.0
     """Delete conversations inactive for longer than this many days, on start and daily
     (0 keeps them until deleted with ``voicebot history delete``)."""
+    url: str = ""
+    """A PostgreSQL database for the store (``postgresql://user:password@host:5432/voicebot``),
+    shared by replicas on several machines (docs/scaling.md); empty keeps the SQLite file
+    ``voicebot.db`` in the data directory. Put a URL with a password in the environment
+    (``VOICEBOT_STORE_URL``), not in a file or on a command line."""
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "[store] url: a PostgreSQL URL (postgresql://user:password@host/database), "
+                "or empty for the SQLite file"
+            )
 
 
 @dataclass(frozen=True)
@@ -451,6 +463,10 @@ class Settings:
     def database_path(self) -> Path:
         """The SQLite conversation store."""
         return self.data_path() / "voicebot.db"
+
+    def store_location(self) -> str:
+        """Where the conversation store is: ``[store] url``, else the SQLite file."""
+        return self.store.url or str(self.database_path())
 
 
 _SECTIONS: dict[str, type[Any]] = {

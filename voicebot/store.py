@@ -1,4 +1,15 @@
-"""SQLite persistence of conversations and their turns."""
+"""Persistence of conversations, turns, remembered facts, feedback and timers.
+
+Two backends behind one :class:`Store` API: a SQLite file (the default: one machine, nothing to
+run) and PostgreSQL (``[store] url = "postgresql://..."``: replicas on several machines share
+it; docs/scaling.md). The SQL is written once; a small dialect layer maps its placeholders and
+column types, and only SQLite scrubs its files after a deletion.
+
+The schema is versioned: :data:`MIGRATIONS` are numbered and applied in order, the missing ones
+all in one transaction, when a store is opened; the ``schema_version`` table records each one.
+A SQLite file made before versioning (tables created if missing, columns added later) is
+brought up to date by migration 1 and keeps everything it had.
+"""
 
 from __future__ import annotations
 
@@ -7,62 +18,313 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .dialogue import Turn
 from .errors import StoreError
 
-__all__ = ["ConversationInfo", "RatedTurn", "Store", "TimerRecord"]
+__all__ = [
+    "MIGRATIONS",
+    "ConversationInfo",
+    "Migration",
+    "RatedTurn",
+    "Store",
+    "TimerRecord",
+    "is_postgres_url",
+    "redact_url",
+]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id TEXT PRIMARY KEY,
-    profile TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS turns (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    text TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    interrupted INTEGER NOT NULL DEFAULT 0,
-    metrics TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, id);
-CREATE TABLE IF NOT EXISTS timers (
-    id TEXT PRIMARY KEY,
-    conversation_id TEXT NOT NULL,
-    name TEXT NOT NULL DEFAULT '',
-    seconds REAL NOT NULL,
-    started_at REAL NOT NULL,
-    ends_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'running'
-        CHECK (state IN ('running', 'finished', 'cancelled')),
-    paused_s REAL
-);
-CREATE INDEX IF NOT EXISTS timers_by_state ON timers(state, ends_at);
-CREATE TABLE IF NOT EXISTS facts (
-    conversation_id TEXT PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
-    facts TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
-# Every table is created IF NOT EXISTS: a store made by an older version gains the new tables
-# (timers, facts) when opened, and keeps everything it had; a column added to a table later is
-# added to an older one by _ADDED_COLUMNS.
-_ADDED_COLUMNS = (
-    ("timers", "paused_s", "REAL"),
-    # The user's rating of an assistant turn ('good' or 'bad') and what it should have said.
+_DAY_S = 86400.0
+_PG_SCHEMES = ("postgresql://", "postgres://")
+# Serialises the migrations of replicas opening one PostgreSQL database at the same moment
+# (pg_advisory_xact_lock's key: any constant of our own).
+_PG_MIGRATION_LOCK = 0x766F6963  # "voic"
+
+
+def is_postgres_url(location: str | Path) -> bool:
+    """True when ``location`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(location, str) and location.startswith(_PG_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) as ``***``:
+    what may be printed or logged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<an unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(key == "password" for key, _ in pairs):
+            query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The password of ``url`` as written and decoded, to scrub from error messages."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""]
+        found += [v for k, v in parse_qsl(parts.query) if k == "password"]
+    except ValueError:
+        return []
+    return [s for secret in found if secret for s in {secret, unquote(secret)}]
+
+
+# ----------------------------------------------------------------------------- dialects
+
+
+class _Backend:
+    """One connection to one database, in autocommit mode: a statement alone is its own
+    transaction, :meth:`transaction` groups several. Not thread-safe: :class:`Store` locks."""
+
+    name = ""
+    errors: tuple[type[Exception], ...] = ()
+    types: dict[str, str] = {}
+    """Column types of the schema's SQL (``{real}``, ``{serial}``) in this dialect."""
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self, *, migrating: bool = False) -> Iterator[None]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def columns(self, table: str) -> set[str]:
+        raise NotImplementedError
+
+    def ensure_connected(self) -> None:
+        """Reconnect when the connection was lost (PostgreSQL)."""
+
+    def lost(self, error: Exception) -> bool:
+        """True when ``error`` means the connection dropped (worth one reconnection)."""
+        return False
+
+    def scrub(self, *, vacuum: bool) -> None:
+        """Make deleted rows unreadable in the database's files, where the engine allows."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _SQLite(_Backend):
+    name = "sqlite"
+    errors = (sqlite3.Error,)
+    types = {"real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level None: autocommit, and BEGIN where this class says so (the sqlite3
+        # module's implicit transactions would commit before each DDL statement).
+        self.db = sqlite3.connect(path, check_same_thread=False, timeout=10.0, isolation_level=None)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            # Deleted rows are overwritten with zeros, not left readable in free pages.
+            self.db.execute("PRAGMA secure_delete=ON")
+        except BaseException:
+            self.db.close()
+            raise
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self.db.execute(sql, params).fetchall()
+
+    @contextmanager
+    def transaction(self, *, migrating: bool = False) -> Iterator[None]:
+        # IMMEDIATE: the write lock first (waiting for it up to the busy timeout), so two
+        # connections never deadlock upgrading a read lock.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def columns(self, table: str) -> set[str]:
+        return {str(row[1]) for row in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def scrub(self, *, vacuum: bool) -> None:
+        """Move the log's pages into the file and empty it (deleted words lived there too)."""
+        if self.path == ":memory:":
+            return
+        if vacuum:
+            self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Postgres(_Backend):
+    name = "postgresql"
+    types = {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"}
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as error:  # a dependency: only a broken install lacks it
+            raise StoreError(
+                "a PostgreSQL store needs psycopg: pip install 'psycopg[binary]'"
+            ) from error
+        self._psycopg = psycopg
+        self.errors = (psycopg.Error,)
+        self.url = url
+        self.conn: Any = None
+        self.ensure_connected()
+
+    def ensure_connected(self) -> None:
+        if self.conn is not None and not self.conn.closed:
+            return
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.conn = self._psycopg.connect(
+            self.url, autocommit=True, connect_timeout=10, application_name="voicebot"
+        )
+
+    def lost(self, error: Exception) -> bool:
+        return isinstance(error, self._psycopg.OperationalError) and (
+            self.conn is None or self.conn.closed
+        )
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        # psycopg's placeholders are %s, and a literal % is written %%.
+        cursor = self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    @contextmanager
+    def transaction(self, *, migrating: bool = False) -> Iterator[None]:
+        with self.conn.transaction():
+            if migrating:  # one replica migrates, the others wait and find it done
+                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_MIGRATION_LOCK,))
+            yield
+
+    def columns(self, table: str) -> set[str]:
+        rows = self.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        )
+        return {str(row[0]) for row in rows}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+# ----------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered change of the schema."""
+
+    version: int
+    """Its number: applied in order, each once."""
+    description: str
+    """What it changes (kept in ``schema_version``)."""
+    steps: tuple[str | Callable[[_Backend], None], ...]
+    """SQL statements (``{real}`` and ``{serial}`` are the dialect's column types) or
+    functions given the connection."""
+
+
+# Columns that versions before schema_version added to their tables when missing: a SQLite
+# store made by one of them may lack some; migration 1 adds them.
+_LEGACY_COLUMNS = (
+    ("timers", "paused_s", "{real}"),
     ("turns", "feedback", "TEXT"),
     ("turns", "correction", "TEXT"),
-    # 0: the profile had training data switched off; `voicebot data export` leaves it out.
     ("conversations", "for_training", "INTEGER NOT NULL DEFAULT 1"),
 )
-_DAY_S = 86400.0
+
+
+def _add_legacy_columns(backend: _Backend) -> None:
+    for table, column, kind in _LEGACY_COLUMNS:
+        if column not in backend.columns(table):
+            backend.execute(
+                f"ALTER TABLE {table} ADD COLUMN {column} {kind.format(**backend.types)}"
+            )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "conversations, turns, timers and facts (the schema before versioning)",
+        (
+            # IF NOT EXISTS: a store made before schema_version has some of these already.
+            """CREATE TABLE IF NOT EXISTS conversations (
+                id TEXT PRIMARY KEY,
+                profile TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                updated_at {real} NOT NULL,
+                -- 0: the profile had training data switched off (never exported).
+                for_training INTEGER NOT NULL DEFAULT 1
+            )""",
+            """CREATE TABLE IF NOT EXISTS turns (
+                id {serial},
+                conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+                role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+                text TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                interrupted INTEGER NOT NULL DEFAULT 0,
+                metrics TEXT NOT NULL DEFAULT '{{}}',
+                -- The user's rating of an assistant turn ('good' or 'bad'), what it should
+                -- have said.
+                feedback TEXT,
+                correction TEXT
+            )""",
+            "CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, id)",
+            """CREATE TABLE IF NOT EXISTS timers (
+                id TEXT PRIMARY KEY,
+                conversation_id TEXT NOT NULL,
+                name TEXT NOT NULL DEFAULT '',
+                seconds {real} NOT NULL,
+                started_at {real} NOT NULL,
+                ends_at {real} NOT NULL,
+                state TEXT NOT NULL DEFAULT 'running'
+                    CHECK (state IN ('running', 'finished', 'cancelled')),
+                paused_s {real}
+            )""",
+            "CREATE INDEX IF NOT EXISTS timers_by_state ON timers(state, ends_at)",
+            """CREATE TABLE IF NOT EXISTS facts (
+                conversation_id TEXT PRIMARY KEY
+                    REFERENCES conversations(id) ON DELETE CASCADE,
+                facts TEXT NOT NULL,
+                updated_at {real} NOT NULL
+            )""",
+            _add_legacy_columns,
+        ),
+    ),
+    Migration(
+        2,
+        "conversations indexed by their last activity (history list, retention)",
+        ("CREATE INDEX IF NOT EXISTS conversations_by_activity ON conversations(updated_at)",),
+    ),
+)
+"""The schema, in order. Append a new one to change it; never edit one that has shipped."""
+
+_SCHEMA_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at {real} NOT NULL
+)"""
 
 
 @dataclass(frozen=True)
@@ -126,54 +388,148 @@ class ConversationInfo:
 
 
 class Store:
-    """Conversations and turns in one SQLite file (WAL mode, safe across threads)."""
+    """Conversations and turns in a SQLite file (WAL mode) or a PostgreSQL database, safe
+    across threads: one connection per store, used under a lock."""
 
-    def __init__(self, path: str | Path, *, keep_days: float = 0.0) -> None:
-        """Open (or create) the store at ``path``; ``:memory:`` for a throwaway one.
+    def __init__(self, location: str | Path, *, keep_days: float = 0.0) -> None:
+        """Open (or create) the store, migrating its schema to this version's.
 
         Args:
-            path: The database file.
+            location: A SQLite file (``:memory:`` for a throwaway one), or a PostgreSQL URL
+                (``postgresql://user:password@host:5432/voicebot``).
             keep_days: Delete conversations inactive for longer than this, now and then
                 daily while open (0 keeps them forever).
 
         Raises:
-            StoreError: the file cannot be opened.
+            StoreError: the file cannot be opened, the server cannot be reached, or the
+                schema is newer than this version knows.
         """
-        self.path = str(path)
-        """The database file."""
-        try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # Deleted rows are overwritten with zeros, not left readable in free pages.
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.executescript(_SCHEMA)
-            for table, column, kind in _ADDED_COLUMNS:
-                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                if column not in have:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        except (sqlite3.Error, OSError) as error:
-            raise StoreError(f"cannot open the conversation store {self.path}: {error}") from error
+        text = str(location)
+        self._secrets = _secrets_of(text) if is_postgres_url(text) else []
+        self.location = redact_url(text) if is_postgres_url(text) else text
+        """The file, or the URL without its password: what may be shown."""
+        self.path = self.location
+        """The same as :attr:`location` (the name from when it was always a file)."""
         self._lock = threading.Lock()
+        self._closed = False
+        self._backend: _Backend
+        try:
+            self._backend = _Postgres(text) if is_postgres_url(text) else _SQLite(text)
+        except StoreError:
+            raise
+        except Exception as error:  # sqlite3, OSError or psycopg: all say why
+            raise StoreError(
+                f"cannot open the conversation store {self.location}: {self._said(error)}"
+            ) from None
+        try:
+            self._migrate()
+        except BaseException:
+            self._backend.close()
+            raise
         self.keep_days = keep_days
         """Retention in days (0: forever)."""
         self._purged_at = 0.0
         self.purge_expired()
 
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._backend.name
+
+    @property
+    def schema_version(self) -> int:
+        """The number of the last migration applied."""
+        return int(self._run("SELECT COALESCE(MAX(version), 0) FROM schema_version")[0][0])
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:
-            self._db.close()
+            if not self._closed:
+                self._closed = True
+                self._backend.close()
+
+    def _said(self, error: BaseException) -> str:
+        """What went wrong, with no password in it."""
+        message = " ".join(str(error).split()) or type(error).__name__
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return message
+
+    def _attempt(self, work: Callable[[], Any], *, opening: bool = False) -> Any:
+        """Run ``work`` under the lock; a dropped server connection is reopened once."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"the conversation store {self.location} is closed")
+            for attempt in (1, 2):
+                try:
+                    self._backend.ensure_connected()
+                    return work()
+                except StoreError:
+                    raise
+                except self._backend.errors as error:
+                    if not self._backend.lost(error):
+                        doing = (
+                            "cannot open the conversation store"
+                            if opening
+                            else "conversation store error in"
+                        )
+                        raise StoreError(f"{doing} {self.location}: {self._said(error)}") from None
+                    if attempt == 2:
+                        raise StoreError(
+                            f"lost the connection to the conversation store {self.location} "
+                            f"and could not reconnect: {self._said(error)}"
+                        ) from None
+                    # Reconnect, once: a restarted server, an idle connection cut by a proxy.
+                    # A statement sent just as the connection broke is sent again.
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        try:
-            with self._lock, self._db:
-                return self._db.execute(sql, params).fetchall()
-        except sqlite3.Error as error:
-            raise StoreError(f"conversation store error: {error}") from error
+        """One statement, its own transaction."""
+        return self._attempt(lambda: self._backend.execute(sql, params))  # type: ignore[no-any-return]
+
+    def _run_all(
+        self, statements: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Several statements in one transaction; the rows of each."""
+
+        def work() -> list[list[tuple[Any, ...]]]:
+            with self._backend.transaction():
+                return [self._backend.execute(sql, params) for sql, params in statements]
+
+        return self._attempt(work)  # type: ignore[no-any-return]
+
+    def _migrate(self) -> None:
+        """Apply the missing migrations, in order, in one transaction."""
+        backend = self._backend
+
+        def work() -> None:
+            with backend.transaction(migrating=True):
+                backend.execute(_SCHEMA_VERSION_TABLE.format(**backend.types))
+                current = int(
+                    backend.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")[0][0]
+                )
+                known = MIGRATIONS[-1].version if MIGRATIONS else 0
+                if current > known:
+                    raise StoreError(
+                        f"the conversation store {self.location} has schema version {current}, "
+                        f"made by a newer voicebot (this one knows up to {known}): upgrade "
+                        "voicebot to open it"
+                    )
+                for migration in MIGRATIONS:
+                    if migration.version <= current:
+                        continue
+                    for step in migration.steps:
+                        if isinstance(step, str):
+                            backend.execute(step.format(**backend.types))
+                        else:
+                            step(backend)
+                    backend.execute(
+                        "INSERT INTO schema_version (version, description, applied_at) "
+                        "VALUES (?, ?, ?)",
+                        (migration.version, migration.description, time.time()),
+                    )
+
+        self._attempt(work, opening=True)
 
     def create_conversation(
         self, profile: str, conversation_id: str | None = None, *, for_training: bool = True
@@ -206,25 +562,30 @@ class Store:
 
     def add_turn(self, conversation_id: str, turn: Turn) -> int:
         """Store a turn; returns its row id."""
-        rows = self._run(
-            "INSERT INTO turns (conversation_id, role, text, created_at, interrupted, metrics) "
-            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-            (
-                conversation_id,
-                turn.role,
-                turn.text,
-                turn.created_at,
-                int(turn.interrupted),
-                json.dumps(turn.metrics_ms),
-            ),
-        )
-        self._run(
-            "UPDATE conversations SET updated_at = ? WHERE id = ?",
-            (turn.created_at, conversation_id),
+        inserted, _ = self._run_all(
+            [
+                (
+                    "INSERT INTO turns "
+                    "(conversation_id, role, text, created_at, interrupted, metrics) "
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    (
+                        conversation_id,
+                        turn.role,
+                        turn.text,
+                        turn.created_at,
+                        int(turn.interrupted),
+                        json.dumps(turn.metrics_ms),
+                    ),
+                ),
+                (
+                    "UPDATE conversations SET updated_at = ? WHERE id = ?",
+                    (turn.created_at, conversation_id),
+                ),
+            ]
         )
         if self.keep_days > 0 and time.time() - self._purged_at > _DAY_S:
             self.purge_expired()
-        return int(rows[0][0])
+        return int(inserted[0][0])
 
     def update_metrics(self, turn_row: int, metrics_ms: dict[str, float]) -> None:
         """Replace the metrics of a stored turn."""
@@ -351,8 +712,9 @@ class Store:
             "(SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id), "
             "COALESCE((SELECT text FROM turns t WHERE t.conversation_id = c.id AND t.role = 'user' "
             "ORDER BY t.id LIMIT 1), '') "
-            f"FROM conversations c {where} ORDER BY c.updated_at DESC LIMIT ?",
-            (*params, limit),
+            f"FROM conversations c {where} ORDER BY c.updated_at DESC"
+            + (" LIMIT ?" if limit >= 0 else ""),
+            (*params, limit) if limit >= 0 else params,
         )
         return [ConversationInfo(*row) for row in rows]
 
@@ -437,22 +799,31 @@ class Store:
 
     def delete_conversation(self, conversation_id: str) -> bool:
         """Delete a conversation with its turns, feedback, remembered facts and timers;
-        False when there was none. The freed pages are zeroed and the write-ahead log
-        emptied, so the words are gone from the files too."""
-        rows = self._run("DELETE FROM conversations WHERE id = ? RETURNING id", (conversation_id,))
-        # turns and facts go with it (ON DELETE CASCADE); timers are keyed, not linked.
-        self._run("DELETE FROM timers WHERE conversation_id = ?", (conversation_id,))
+        False when there was none. In a SQLite file the freed pages are zeroed and the
+        write-ahead log emptied, so the words are gone from the files too (PostgreSQL leaves
+        the dead rows' bytes in its files until it reuses the space: docs/learning.md)."""
+        deleted, _ = self._run_all(
+            [
+                ("DELETE FROM conversations WHERE id = ? RETURNING id", (conversation_id,)),
+                # turns and facts go with it (ON DELETE CASCADE); timers are keyed, not linked.
+                ("DELETE FROM timers WHERE conversation_id = ?", (conversation_id,)),
+            ]
+        )
         self._scrub()
-        return bool(rows)
+        return bool(deleted)
 
     def delete_all(self) -> int:
         """Delete every conversation (and its turns, facts and timers); returns how many."""
-        rows = self._run("DELETE FROM conversations RETURNING id")
-        self._run("DELETE FROM turns")
-        self._run("DELETE FROM facts")
-        self._run("DELETE FROM timers")
+        deleted, *_ = self._run_all(
+            [
+                ("DELETE FROM conversations RETURNING id", ()),
+                ("DELETE FROM turns", ()),
+                ("DELETE FROM facts", ()),
+                ("DELETE FROM timers", ()),
+            ]
+        )
         self._scrub(vacuum=True)
-        return len(rows)
+        return len(deleted)
 
     def purge_expired(self) -> int:
         """Apply the retention (:attr:`keep_days`): delete conversations inactive for longer;
@@ -467,13 +838,5 @@ class Store:
         return len(rows)
 
     def _scrub(self, *, vacuum: bool = False) -> None:
-        """Move the log's pages into the file and empty it (deleted words lived there too)."""
-        if self.path == ":memory:":
-            return
-        try:
-            with self._lock:
-                if vacuum:
-                    self._db.execute("VACUUM")
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as error:
-            raise StoreError(f"conversation store error: {error}") from error
+        """Make the deleted words unreadable in the database's files (SQLite only)."""
+        self._attempt(lambda: self._backend.scrub(vacuum=vacuum))
