@@ -1,9 +1,9 @@
 """Replicas behind a load balancer: /healthz, the SIGTERM drain, clients that reconnect and
 resume their conversation on another replica.
 
-The first tests run in-process servers on fake engines; the last runs two real
-``voicebot serve`` processes sharing one SQLite file and sends one of them SIGTERM while it
-is answering a spoken question.
+The first tests run in-process servers on fake engines; the last run two real
+``voicebot serve`` processes sharing one real PostgreSQL store (tests/pg.py), send one of them
+SIGTERM while it is answering, and check the confirmed turns in PostgreSQL's rows.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from voicebot.transports.client import VoiceClient
 from voicebot.transports.websocket import VoiceServer
 
 from .conftest import REPO
+from .pg import PASSWORD, PostgresServer, query
 from .test_server import next_event
 
 RATE = 16000
@@ -251,14 +252,18 @@ async def test_a_dropped_connection_is_resumed_when_the_server_is_back(settings:
 class Replica:
     """A real ``voicebot serve`` process."""
 
-    def __init__(self, tmp: Path, name: str, data_dir: Path) -> None:
+    def __init__(self, tmp: Path, name: str, store_url: str) -> None:
         config = tmp / f"{name}.toml"
         config.write_text("")
         self.log = tmp / f"{name}.log"
         self._log_file = self.log.open("wb")
+        data_dir = tmp / f"{name}-data"  # its own: only the store is shared
+        data_dir.mkdir()
         env = {
             **os.environ,
             "VOICEBOT_DATA_DIR": str(data_dir),
+            # The URL, password included, in the environment: never on the command line.
+            "VOICEBOT_STORE_URL": store_url,
             "VOICEBOT_MODELS": str(REPO / "models"),
             "VOICEBOT_CONFIG": str(config),
         }
@@ -281,13 +286,6 @@ class Replica:
                 assert self.process.poll() is None, f"the replica died:\n{text}"
                 await asyncio.sleep(0.2)
 
-    def wait_ready(self, timeout_s: float = 400) -> None:
-        deadline = time.monotonic() + timeout_s
-        while "ready in" not in self.log.read_text(errors="replace"):
-            assert self.process.poll() is None, self.log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "the replica did not start"
-            time.sleep(0.2)
-
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
@@ -300,17 +298,72 @@ class Replica:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
-    data = tmp_path / "shared-data"
-    data.mkdir()
-    first = Replica(tmp_path, "a", data)
-    # One after the other: two processes creating the same new SQLite file at the same moment
-    # can find it locked (the store's first open is not retried).
-    first.wait_ready()
-    pair = (first, Replica(tmp_path, "b", data))
+def store_url(postgres: PostgresServer) -> str:
+    """A new database on the test PostgreSQL server: the replicas' shared store."""
+    return postgres.new_database()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, store_url: str) -> Iterator[tuple[Replica, Replica]]:
+    # Both at once: the first to open the new database migrates it, the other waits for it.
+    pair = (Replica(tmp_path, "a", store_url), Replica(tmp_path, "b", store_url))
     yield pair
     for replica in pair:
         replica.stop()
+    for replica in pair:
+        log = replica.log.read_text(errors="replace")
+        assert PASSWORD not in log, f"replica {replica.log.name} logged the store's password"
+
+
+def stored_turns(store_url: str, conversation_id: str) -> list[tuple[str, str]]:
+    """The conversation's rows in PostgreSQL, read apart from the replicas."""
+    rows = query(
+        store_url,
+        f"SELECT role, text FROM turns WHERE conversation_id = '{conversation_id}' ORDER BY id",
+    )
+    return [(str(role), str(text)) for role, text in rows]
+
+
+async def until_stored(
+    store_url: str, conversation_id: str, expected: list[tuple[str, str]], timeout_s: float = 30
+) -> list[tuple[str, str]]:
+    """The stored rows once they hold ``expected`` in order (a reply is written when its
+    sound ends, after its reply_done), or as they are at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = await asyncio.to_thread(stored_turns, store_url, conversation_id)
+        if in_order(expected, rows) or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.2)
+
+
+def in_order(expected: list[tuple[str, str]], rows: list[tuple[str, str]]) -> bool:
+    """Every expected turn is in ``rows``, in order; a reply the user barged into is stored
+    as far as it was heard (a start of its words)."""
+    remaining = iter(rows)
+
+    def found(role: str, text: str) -> bool:
+        for row_role, row_text in remaining:
+            heard = role == "assistant" and bool(row_text) and text.startswith(row_text)
+            if row_role == role and (row_text == text or heard):
+                return True
+        return False
+
+    return all(found(role, text) for role, text in expected)
+
+
+def confirmed_turns(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The turns a client was told were done: each answered question and its reply."""
+    heard: dict[int, str] = {}
+    confirmed: list[tuple[str, str]] = []
+    for event in events:
+        if event["type"] == "transcript" and event.get("final") and event["text"]:
+            heard[event["turn_id"]] = event["text"]
+        elif event["type"] == "reply_done" and event["text"]:
+            if event["turn_id"] in heard:
+                confirmed.append(("user", heard.pop(event["turn_id"])))
+            confirmed.append(("assistant", event["text"]))
+    return confirmed
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +389,7 @@ async def stream_forever(client: VoiceClient, lines: asyncio.Queue[bytes]) -> No
 
 @pytest.mark.models
 async def test_sigterm_mid_reply_the_turn_finishes_and_the_client_resumes_on_the_other_replica(
-    replicas: tuple[Replica, Replica], voice: SpeechMaker
+    replicas: tuple[Replica, Replica], voice: SpeechMaker, store_url: str
 ) -> None:
     a, b = replicas
     await asyncio.gather(a.ready(), b.ready())
@@ -353,12 +406,14 @@ async def test_sigterm_mid_reply_the_turn_finishes_and_the_client_resumes_on_the
         await lines.put(voice.piper("My name is Alice."))
         first = await until(queue, "reply_done", 120)
         assert any(e["type"] == "transcript" and "alice" in e["text"].lower() for e in first)
+        seen_all = list(first)
 
         await lines.put(voice.piper("What is the capital of France?"))
         before = await until(queue, "reply_text", 120)
         turn = before[-1]["turn_id"]
         a.process.send_signal(signal.SIGTERM)  # mid-reply
         during = await until(queue, "reconnecting", 120)
+        seen_all += before + during
         assert during[-1]["code"] == 1001
         done = [e for e in during if e["type"] == "reply_done" and e["turn_id"] == turn]
         assert done, f"the reply in flight was not finished before 1001: {during}"
@@ -376,6 +431,14 @@ async def test_sigterm_mid_reply_the_turn_finishes_and_the_client_resumes_on_the
         await lines.put(voice.piper("What is my name?"))
         answer = await until(queue, "reply_done", 120)
         assert "alice" in answer[-1]["text"].lower(), answer
+
+        # In PostgreSQL: every turn the client was told was done, on either replica, once.
+        confirmed = confirmed_turns(seen_all + answer)
+        assert len(confirmed) == 6, confirmed
+        rows = await until_stored(store_url, ready["conversation_id"], confirmed)
+        assert in_order(confirmed, rows), (confirmed, rows)
+        assert len(rows) == len(set(rows)), rows
+        assert ("assistant", done[0]["text"]) in rows  # the reply SIGTERM came during: whole
     finally:
         for task in tasks:
             task.cancel()
@@ -428,7 +491,7 @@ def sessions_of(port: int) -> float:
 
 @pytest.mark.models
 async def test_four_sessions_through_haproxy_one_replica_drained_all_resume_with_their_history(
-    replicas: tuple[Replica, Replica], tmp_path: Path
+    replicas: tuple[Replica, Replica], tmp_path: Path, store_url: str
 ) -> None:
     a, b = replicas
     await asyncio.gather(a.ready(), b.ready())
@@ -442,16 +505,18 @@ async def test_four_sessions_through_haproxy_one_replica_drained_all_resume_with
     clients = [VoiceClient(f"ws://127.0.0.1:{port}/ws", reconnect_for_s=60) for _ in names]
     queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in names]
     readers: list[asyncio.Task[None]] = []
+    readies: list[dict[str, Any]] = []
+    replies: dict[str, list[str]] = {name: [] for name in names}
     try:
         async with asyncio.timeout(30):
             while True:  # haproxy listening
                 try:
-                    await clients[0].connect()
+                    readies.append(await clients[0].connect())
                     break
                 except Exception:  # noqa: BLE001 - not up yet
                     await asyncio.sleep(0.2)
         for client in clients[1:]:
-            await client.connect()
+            readies.append(await client.connect())
         # leastconn: the four long connections are spread two and two.
         spread = await asyncio.gather(
             asyncio.to_thread(sessions_of, a.port), asyncio.to_thread(sessions_of, b.port)
@@ -461,7 +526,7 @@ async def test_four_sessions_through_haproxy_one_replica_drained_all_resume_with
             readers.append(asyncio.create_task(events_into(client, queue)))
         for client, queue, name in zip(clients, queues, names, strict=True):
             await client.send_text(f"My name is {name}.")
-            await until(queue, "reply_done", 120)
+            replies[name].append((await until(queue, "reply_done", 120))[-1]["text"])
 
         a.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(a.process.wait, 60) == 0
@@ -477,8 +542,21 @@ async def test_four_sessions_through_haproxy_one_replica_drained_all_resume_with
                 resumed = next(e for e in seen if e["type"] == "ready")
                 assert resumed["history"][0]["text"] == f"My name is {name}."
             assert name.lower() in seen[-1]["text"].lower(), (name, seen)
+            replies[name].append(seen[-1]["text"])
         assert moved == 2
         assert await asyncio.to_thread(sessions_of, b.port) == 4.0
+        # In PostgreSQL: each conversation holds exactly its confirmed turns, none lost or
+        # written twice, whichever replica wrote them. (A reply still playing when the next
+        # question comes is cut by it, and stored as far as it was heard.)
+        for ready, name in zip(readies, names, strict=True):
+            expected = [
+                ("user", f"My name is {name}."),
+                ("assistant", replies[name][0]),
+                ("user", "What is my name?"),
+                ("assistant", replies[name][1]),
+            ]
+            rows = await until_stored(store_url, ready["conversation_id"], expected)
+            assert len(rows) == len(expected) and in_order(expected, rows), (name, rows)
     finally:
         for reader in readers:
             reader.cancel()
