@@ -796,7 +796,11 @@ _DAEMON_TIMERS = "daemon"
 """The daemon's timers belong to the speaker, not to one conversation."""
 
 
-_NOT_CARRIED = frozenset({"help", "install_service", "print_service", "daemon_args"})
+_NOT_CARRIED = frozenset(
+    {"help", "install_service", "print_service", "daemon_args", "credential_file"}
+)
+_CREDENTIAL_FILE = "/etc/voicebot/token"
+"""Where ``--install-service`` writes the daemon's token (root only), read by systemd."""
 
 
 def _given_flags(args: argparse.Namespace, command: str) -> list[str]:
@@ -820,6 +824,29 @@ def _given_flags(args: argparse.Namespace, command: str) -> list[str]:
     return flags
 
 
+def _without_token(flags: list[str]) -> tuple[list[str], str | None]:
+    """``flags`` less ``--token SECRET`` (or ``--token=SECRET``), and the last secret given."""
+    kept: list[str] = []
+    token = None
+    items = iter(flags)
+    for flag in items:
+        if flag == "--token":
+            token = next(items, "")
+        elif flag.startswith("--token="):
+            token = flag.split("=", 1)[1]
+        else:
+            kept.append(flag)
+    return kept, token
+
+
+def _write_private(path: Path, text: str, mode: int) -> None:
+    """Write ``text`` to ``path`` with ``mode``, never readable by others in between."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), mode)  # an existing file keeps its old mode otherwise
+        out.write(text)
+
+
 def _install_service(args: argparse.Namespace) -> int:
     import shlex
     import shutil
@@ -835,12 +862,16 @@ def _install_service(args: argparse.Namespace) -> int:
         passthrough = passthrough[1:]
     # Flags given before --install-service go into the unit too (after -- they come last
     # and win): dropping them silently would install a different daemon than asked for.
-    flags = [*_given_flags(args, "daemon"), *passthrough]
+    flags, token = _without_token([*_given_flags(args, "daemon"), *passthrough])
     global_flags = ["-" + "v" * args.verbose] if args.verbose else []
     global_flags += ["--quiet"] if args.quiet else []
     exec_start = shlex.join([*command, *global_flags, "daemon", *flags])
-    secret = any(f == "--token" or f.startswith("--token=") for f in flags)
     environment = []
+    credential = Path(args.credential_file).resolve()
+    if token is not None:
+        # Read by systemd (root) and handed to the service in $CREDENTIALS_DIRECTORY/token:
+        # never in ExecStart, which every local user reads in the process list.
+        environment.append(f"LoadCredential=token:{credential}")
     models = os.environ.get("VOICEBOT_MODELS")
     if models:
         environment.append(f"Environment=VOICEBOT_MODELS={models}")
@@ -850,14 +881,16 @@ def _install_service(args: argparse.Namespace) -> int:
     unit = unit.replace("@ENVIRONMENT@\n", "".join(e + "\n" for e in environment))
     if args.print_service:
         print(unit, end="")
+        if token is not None:
+            print(f"write the token to {credential} (mode 0600, owner root)", file=sys.stderr)
         return 0
     target = Path(args.install_service)
     target.parent.mkdir(parents=True, exist_ok=True)
-    mode = 0o600 if secret else 0o644  # a token in ExecStart is for root's eyes only
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        os.fchmod(out.fileno(), mode)  # an existing file keeps its old mode otherwise
-        out.write(unit)
+    if token is not None:
+        credential.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(credential, token + "\n", 0o600)
+        print(f"wrote the token to {credential} (mode 0600)", file=sys.stderr)
+    _write_private(target, unit, 0o644)
     print(
         f"wrote {target}\nnow run: systemctl daemon-reload && systemctl enable --now {target.stem}",
         file=sys.stderr,
@@ -911,6 +944,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _stt_accuracy(settings, args, log)
     if args.wake:
         return _wake_accuracy(settings, args, log)
+    if args.soak is not None:
+        return _soak(settings, args, log)
     if args.wyoming:
         from . import bench_wyoming
 
@@ -926,6 +961,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         print(f"[bench] wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _soak(settings: Settings, args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    from .bench_soak import SoakOptions, format_soak, run_soak
+    from .models import default_models_dir
+    from .speech_samples import SpeechMaker
+
+    if args.soak <= 0:
+        raise VoicebotError("--soak takes the minutes to run, more than 0")
+    sessions = max(int(n) for n in (args.sessions or "4").split(",") if n.strip())
+    options = SoakOptions(
+        minutes=args.soak, sessions=sessions, avx2=args.isa != "best", config=args.config
+    )
+    maker = SpeechMaker.load(default_models_dir(settings.models_dir))
+    report = run_soak(maker, options, log)
+    print(format_soak(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -1156,6 +1210,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--certfile", dest="server.certfile", metavar="PEM")
     serve.add_argument("--keyfile", dest="server.keyfile", metavar="PEM")
+    serve.add_argument(
+        "--insecure",
+        dest="server.insecure",
+        action="store_true",
+        default=None,
+        help="allow plain ws:// beyond loopback (audio and token in clear text on the network)",
+    )
     _add_engine_flags(serve, stt=True, llm=True, tts=True)
     serve.set_defaults(func=_cmd_serve)
 
@@ -1282,6 +1343,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-service", action="store_true", help="print that systemd unit instead of writing it"
     )
     daemon.add_argument(
+        "--credential-file",
+        metavar="FILE",
+        default=_CREDENTIAL_FILE,
+        help="with --install-service and --token: where the token is written (mode 0600) for "
+        f"systemd's LoadCredential, never on the unit's command line (default {_CREDENTIAL_FILE})",
+    )
+    daemon.add_argument(
         "daemon_args",
         nargs=argparse.REMAINDER,
         help="with --install-service: daemon flags for the unit, after --",
@@ -1338,6 +1406,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--wyoming",
         action="store_true",
         help="only the Wyoming servers: voicebot against wyoming-faster-whisper and wyoming-piper",
+    )
+    bench.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="only the soak: a real server under SESSIONS (default 4) real-time sessions with "
+        "barge-ins, reconnects and bad frames for MINUTES; resources and latency at start and end",
     )
     bench.add_argument(
         "--no-reference",

@@ -5,11 +5,15 @@ servers in one process (the tests) never share counters. What is measured comes 
 session's own events (:mod:`voicebot.events`): a :class:`~voicebot.events.Metrics` event per
 answered turn gives the stage latencies, :class:`~voicebot.events.Interrupted` and
 :class:`~voicebot.events.ErrorEvent` the counters; the transports add the connections they
-refuse. Gauges (sessions, each model worker's queue) are read when scraped.
+refuse. Gauges (sessions, each model worker's queue) are read when scraped, and so are the
+process's own resources (memory, descriptors, threads, asyncio tasks: what a leak shows in),
+which ``voicebot bench --soak`` and a dashboard watch over hours.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import platform
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +24,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -74,6 +79,38 @@ class _WorkerQueues(Collector):
         yield family
 
 
+def _os_threads() -> int:
+    """Threads of this process, native ones included (the engines' pools), from ``/proc``."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import threading  # no /proc (macOS): the Python threads only
+
+    return threading.active_count()
+
+
+class _Runtime(Collector):
+    """``voicebot_threads`` and ``voicebot_asyncio_tasks``, when scraped.
+
+    The tasks are those of the event loop serving the scrape (the server's own); scraped
+    from another thread there is none, and the gauge is left out.
+    """
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "voicebot_threads", "Threads of the process, native ones included", value=_os_threads()
+        )
+        try:
+            tasks = len(asyncio.all_tasks(asyncio.get_running_loop()))
+        except RuntimeError:
+            return
+        yield GaugeMetricFamily("voicebot_asyncio_tasks", "asyncio tasks not done", value=tasks)
+
+
 class VoiceMetrics:
     """The metrics of one server or daemon, in a registry of their own."""
 
@@ -126,6 +163,9 @@ class VoiceMetrics:
         self.sessions.set_function(sessions or (lambda: 0))
         if workers is not None:
             registry.register(_WorkerQueues(workers))
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total...
+        ProcessCollector(registry=registry)
+        registry.register(_Runtime())
         Info("voicebot_build", "voicebot's version", registry=registry).info(
             {"version": _version(), "python": platform.python_version(), "role": role}
         )
