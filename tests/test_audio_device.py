@@ -26,22 +26,9 @@ from .conftest import REPO, Speech
 pytestmark = [pytest.mark.audio, pytest.mark.models]
 
 
-@pytest.fixture
-def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A private PulseAudio server with a pipe-fed microphone and a null-sink speaker."""
-    for tool in ("pulseaudio", "pactl", "parec"):
-        assert shutil.which(tool), f"{tool} missing: run scripts/install-system-deps.sh --test"
-    runtime = tmp_path / "pulse"
-    runtime.mkdir()
-    env = {
-        **os.environ,
-        "PULSE_RUNTIME_PATH": str(runtime),
-        "PULSE_STATE_PATH": str(runtime),
-        "HOME": str(tmp_path),
-        "PULSE_SOURCE": "vb_mic",
-        "PULSE_SINK": "vb_speaker",
-    }
-    fifo = runtime / "mic.fifo"
+def start_pulse(env: dict[str, str], fifo: Path) -> None:
+    """Start the private PulseAudio server of ``env`` (again, after a restart) and wait for it."""
+    runtime = Path(env["PULSE_RUNTIME_PATH"])
     subprocess.run(
         [
             "pulseaudio",
@@ -65,6 +52,25 @@ def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
     while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
         assert time.monotonic() < deadline, "PulseAudio did not start"
         time.sleep(0.1)
+
+
+@pytest.fixture
+def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A private PulseAudio server with a pipe-fed microphone and a null-sink speaker."""
+    for tool in ("pulseaudio", "pactl", "parec"):
+        assert shutil.which(tool), f"{tool} missing: run scripts/install-system-deps.sh --test"
+    runtime = tmp_path / "pulse"
+    runtime.mkdir()
+    env = {
+        **os.environ,
+        "PULSE_RUNTIME_PATH": str(runtime),
+        "PULSE_STATE_PATH": str(runtime),
+        "HOME": str(tmp_path),
+        "PULSE_SOURCE": "vb_mic",
+        "PULSE_SINK": "vb_speaker",
+    }
+    fifo = runtime / "mic.fifo"
+    start_pulse(env, fifo)
     env["VB_FIFO"] = str(fifo)
     yield env
     subprocess.run(["pulseaudio", "--kill"], env=env, timeout=10, check=False)
