@@ -2,8 +2,9 @@
 
 Two fixed sets of conversations (``voicebot/quality_sets/``), run through the production reply
 path (dialogue state, chat model, speakable chunker, sentence limit): ``dev`` is what prompts,
-memory and follow-up handling are tuned on; ``test`` was written before any tuning and only
-measures. ``voicebot bench --quality`` prints both; the test floors apply to ``test`` only.
+memory and follow-up handling are tuned on (``dev.toml`` and ``dev_followups.toml``); ``test``
+was written before any tuning and only measures. ``voicebot bench --quality`` prints both; the
+test floors apply to ``test`` only.
 
 Scoring is stricter than "contains the keyword": a refusal fails, a number that is neither
 expected nor said by the user fails ("12 cats" is not "2 cats"), and an expected word under
@@ -33,6 +34,7 @@ __all__ = [
     "FACTUAL",
     "MEMORY",
     "SETS",
+    "SET_FILES",
     "Item",
     "ItemResult",
     "QualityReport",
@@ -46,6 +48,8 @@ __all__ = [
 
 SETS = ("dev", "test")
 """The question sets: tuned on ``dev``, measured on ``test``."""
+SET_FILES: dict[str, tuple[str, ...]] = {"dev": ("dev", "dev_followups"), "test": ("test",)}
+"""The files (in ``quality_sets/``, without ``.toml``) that make up each set, in order."""
 CATEGORIES = ("factual", "memory", "trap", "followup", "multiturn", "correction", "control")
 """Item categories, in report order."""
 
@@ -108,6 +112,8 @@ class Item:
     """Every value the memory holds at the end, and the only ones (``None``: not checked)."""
     not_facts: tuple[str, ...] = ()
     """Phrases no remembered fact may read as."""
+    source: str = ""
+    """The file the item comes from (``dev_followups``), when loaded from one."""
 
     @property
     def scores_answer(self) -> bool:
@@ -116,12 +122,20 @@ class Item:
 
 
 def load_set(name: str) -> list[Item]:
-    """The items of a question set shipped in the package (``dev`` or ``test``)."""
-    text = resources.files("voicebot").joinpath("quality_sets", f"{name}.toml").read_text("utf-8")
-    return [_item(raw) for raw in tomllib.loads(text)["item"]]
+    """The items of a question set shipped in the package (``dev`` or ``test``).
+
+    A set is made of the files :data:`SET_FILES` names; any other name loads that one file
+    (``dev_followups``).
+    """
+    items: list[Item] = []
+    for file in SET_FILES.get(name, (name,)):
+        folder = resources.files("voicebot").joinpath("quality_sets")
+        text = folder.joinpath(f"{file}.toml").read_text("utf-8")
+        items.extend(_item(raw, file) for raw in tomllib.loads(text)["item"])
+    return items
 
 
-def _item(raw: dict[str, Any]) -> Item:
+def _item(raw: dict[str, Any], source: str = "") -> Item:
     facts = raw.get("facts")
     return Item(
         id=raw["id"],
@@ -132,6 +146,7 @@ def _item(raw: dict[str, Any]) -> Item:
         reject=tuple(raw.get("reject", ())),
         facts=None if facts is None else tuple(facts),
         not_facts=tuple(raw.get("not_facts", ())),
+        source=source,
     )
 
 
@@ -311,6 +326,7 @@ class ItemResult:
         return {
             "id": self.item.id,
             "category": self.item.category,
+            "source": self.item.source,
             "turns": list(self.item.turns),
             "answers": self.answers,
             "passed": self.passed,
@@ -334,6 +350,19 @@ class SetReport:
         """(passed, total) of a category."""
         rows = [r for r in self.results if r.item.category == category]
         return sum(r.passed for r in rows), len(rows)
+
+    def total(self) -> tuple[int, int]:
+        """(passed, total) over the whole set."""
+        return sum(r.passed for r in self.results), len(self.results)
+
+    def by_source(self, category: str) -> dict[str, tuple[int, int]]:
+        """(passed, total) of a category per file of the set, in file order."""
+        split: dict[str, tuple[int, int]] = {}
+        for r in self.results:
+            if r.item.category == category:
+                passed, total = split.get(r.item.source, (0, 0))
+                split[r.item.source] = (passed + r.passed, total + 1)
+        return split
 
     def recall(self, category: str = "memory") -> tuple[int, int]:
         """(items whose expected facts are all remembered, items expecting facts)."""
@@ -362,9 +391,14 @@ class SetReport:
         for category in CATEGORIES:
             passed, total = self.category(category)
             if total:
-                lines.append(
-                    f"  {category:<11} {passed:>3}/{total:<3} {100 * passed / total:5.1f} %"
-                )
+                line = f"  {category:<11} {passed:>3}/{total:<3} {100 * passed / total:5.1f} %"
+                split = self.by_source(category)
+                if len(split) > 1:
+                    line += " (" + ", ".join(f"{f} {p}/{t}" for f, (p, t) in split.items()) + ")"
+                lines.append(line)
+        passed, total = self.total()
+        if total:
+            lines.append(f"  {'total':<11} {passed:>3}/{total:<3} {100 * passed / total:5.1f} %")
         kept, asked = self.recall()
         clean, traps = self.traps_clean()
         lines.append(
@@ -378,6 +412,7 @@ class SetReport:
         """JSON-ready."""
         return {
             "categories": {c: list(self.category(c)) for c in CATEGORIES if self.category(c)[1]},
+            "total": list(self.total()),
             "memory_stored": list(self.recall()),
             "traps_clean": list(self.traps_clean()),
             "false_facts": self.false_facts,
@@ -428,6 +463,7 @@ async def _evaluate(
     settings: Settings,
     sets: Iterable[str],
     log: Callable[[str], None] | None,
+    categories: Iterable[str] | None = None,
 ) -> QualityReport:
     from .session import Responder
 
@@ -441,9 +477,12 @@ async def _evaluate(
         return outcome.text
 
     report = QualityReport()
+    wanted = None if categories is None else set(categories)
     for name in sets:
         set_report = SetReport(name)
         for item in load_set(name):
+            if wanted is not None and item.category not in wanted:
+                continue
             result = await _run_item(respond, Dialogue(profile), item)
             set_report.results.append(result)
             if log is not None:
@@ -464,6 +503,7 @@ def evaluate(
     *,
     sets: Iterable[str] = SETS,
     log: Callable[[str], None] | None = None,
+    categories: Iterable[str] | None = None,
 ) -> QualityReport:
     """Run question sets through the real reply path.
 
@@ -472,9 +512,10 @@ def evaluate(
         settings: Settings (the default profile answers).
         sets: Which sets, by name.
         log: Called with one line per item as it is scored.
+        categories: Only the items of these categories (``None``: all).
     """
     start = time.perf_counter()
-    report = asyncio.run(_evaluate(engines, settings, list(sets), log))
+    report = asyncio.run(_evaluate(engines, settings, list(sets), log, categories))
     report.seconds = time.perf_counter() - start
     return report
 
