@@ -17,7 +17,7 @@ import logging
 import mimetypes
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -64,6 +64,7 @@ from ..skills import SkillRouter, TimerService
 from ..store import Store
 
 __all__ = [
+    "CLOSE_NOT_READING",
     "CLOSE_SERVER_ERROR",
     "CLOSE_SERVER_FULL",
     "CLOSE_TOO_FAST",
@@ -84,11 +85,17 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_FAST = CLOSE_POLICY
 """A client kept sending faster than it is read for ``[server] max_paced_s`` (reason
 ``too fast``)."""
+CLOSE_NOT_READING = CLOSE_POLICY
+"""A client took none of what it was sent for ``[server] send_timeout_s``, or let more than
+twice ``send_buffer_bytes`` pile up (reason ``not reading``)."""
 CLOSE_SERVER_ERROR = 1011
 """The server failed: a profile's model cannot be loaded, or an unexpected error."""
 CLOSE_SERVER_FULL = 1013
 """Too many connections: try again later."""
 _START_TIMEOUT_S = 10.0
+_CLOSE_TIMEOUT_S = 10.0
+"""Longest closing handshake (as websockets' own): a client that does not take the close
+frame within it is disconnected."""
 _MIN_FRAME_CHARGE_S = 0.005
 """Each audio frame costs at least this much of the audio budget: a flood of tiny frames is
 paced like audio (a browser sends 20 ms frames)."""
@@ -242,6 +249,9 @@ class VoiceServer:
             ssl=context,
             ping_interval=20,
             ping_timeout=20,
+            close_timeout=_CLOSE_TIMEOUT_S,
+            # Above this a send waits for the client to read (the reply pauses).
+            write_limit=server.send_buffer_bytes,
         )
         self.health = "ready"
 
@@ -427,7 +437,13 @@ class VoiceServer:
             return
         if not await self._prepare_profile(connection, start):
             return
-        send = _Sender(connection, start.output_sample_rate_hz)
+        server = self.settings.server
+        send = _Sender(
+            connection,
+            start.output_sample_rate_hz,
+            timeout_s=server.send_timeout_s,
+            max_buffered_bytes=2 * server.send_buffer_bytes,
+        )
         send.observe = self.metrics.observe
         try:
             session = Session(
@@ -455,7 +471,7 @@ class VoiceServer:
                 {"role": t.role, "text": t.text, "interrupted": t.interrupted}
                 for t in session.dialogue.turns
             ]
-            await connection.send(
+            await send.write(
                 ready_frame(
                     conversation_id=session.conversation_id,
                     sample_rate_hz=send.output_rate,
@@ -469,7 +485,7 @@ class VoiceServer:
             if session.dialogue.facts:  # a resumed conversation: what it remembers
                 facts = encode_event(session.facts_event())
                 if facts is not None:
-                    await connection.send(facts)
+                    await send.write(facts)
             if start.greet:
                 await session.greet()
             await self._receive(connection, session, send, start.sample_rate_hz)
@@ -478,6 +494,7 @@ class VoiceServer:
         finally:
             self.sessions.pop(connection, None)
             await session.close()
+            await send.closed()
 
     async def _prepare_profile(self, connection: ServerConnection, start: StartMessage) -> bool:
         """Load the profile's own models off the event loop; on failure tell the client why.
@@ -558,17 +575,17 @@ class VoiceServer:
         )
         bytes_per_s = 2 * input_rate_hz
         send.touch()
-        while True:
+        while not send.cut_off:  # a client cut off for not reading: its session ends now
             # Idle means nobody speaks: a browser with its microphone on streams silence
             # all the time, so audio frames alone do not count as activity.
             if session.replying or send.user_speaking:
                 send.touch()
             remaining_s = send.last_activity + idle_s - time.monotonic()
             if remaining_s <= 0:
-                await connection.close(CLOSE_NORMAL, "idle timeout")
+                await _close_within(connection, CLOSE_NORMAL, "idle timeout")
                 return
             try:
-                async with asyncio.timeout(remaining_s):
+                async with send.reading(remaining_s):
                     frame = await connection.recv()
             except TimeoutError:
                 continue
@@ -594,13 +611,13 @@ class VoiceServer:
                     await session.feed(frame)
                 except VoicebotError as error:
                     self.metrics.error(error.code)
-                    await connection.send(error_frame(error.code, str(error)))
+                    await send.write(error_frame(error.code, str(error)))
                 continue
             try:
                 message = parse_text_frame(frame)
             except ProtocolError as error:
                 self.metrics.error(error.code)
-                await connection.send(error_frame(error.code, str(error)))
+                await send.write(error_frame(error.code, str(error)))
                 continue
             if isinstance(message, TextMessage):
                 send.touch()
@@ -611,7 +628,7 @@ class VoiceServer:
             elif isinstance(message, FactsMessage):
                 facts = encode_event(session.facts_event())
                 if facts is not None:
-                    await connection.send(facts)
+                    await send.write(facts)
             elif isinstance(message, ForgetFactMessage):
                 send.touch()
                 await session.forget_fact(message.key)
@@ -620,15 +637,13 @@ class VoiceServer:
                 stored = await session.give_feedback(
                     message.rating, message.correction, turn_id=message.turn_id
                 )
-                await connection.send(
-                    feedback_frame(message.rating, message.turn_id, stored=stored)
-                )
+                await send.write(feedback_frame(message.rating, message.turn_id, stored=stored))
             elif isinstance(message, StopMessage):
                 await session.end_of_input()
                 await connection.close(CLOSE_NORMAL, "stopped")
                 return
             else:
-                await connection.send(error_frame("already_started", "the session has started"))
+                await send.write(error_frame("already_started", "the session has started"))
 
 
 class Pacer:
@@ -697,11 +712,26 @@ class Pacer:
 class _Sender:
     """A session sink writing frames to one connection (resampling audio if asked).
 
-    It also notes when the user last spoke or finished a turn, for the idle timeout.
+    Every frame to the client goes through :meth:`write`, which bounds what the client may
+    leave unread. It also notes when the user last spoke or finished a turn, for the idle
+    timeout.
     """
 
-    def __init__(self, connection: ServerConnection, output_rate: int | None) -> None:
+    def __init__(
+        self,
+        connection: ServerConnection,
+        output_rate: int | None,
+        *,
+        timeout_s: float = _CLOSE_TIMEOUT_S,
+        max_buffered_bytes: int = 1 << 19,
+    ) -> None:
         self.connection = connection
+        self.timeout_s = timeout_s
+        """Longest a send may wait for the client to read."""
+        self.max_buffered_bytes = max_buffered_bytes
+        """Most the server holds unsent for this connection."""
+        self._cut_off: asyncio.Task[None] | None = None
+        self._reading: asyncio.Timeout | None = None
         self.requested_rate = output_rate
         self.source_rate = 0
         self.last_activity = time.monotonic()
@@ -718,11 +748,71 @@ class _Sender:
         """The user did something: the idle timeout starts again."""
         self.last_activity = time.monotonic()
 
+    @property
+    def cut_off(self) -> bool:
+        """The client was found not reading and is being closed: frames are dropped."""
+        return self._cut_off is not None
+
+    async def write(self, frame: str | bytes) -> None:
+        """Send one frame; a client that does not read is cut off (1008 ``not reading``).
+
+        The send waits while the connection's buffer is full (``write_limit``), at most
+        :attr:`timeout_s`; then, or when frames of cancelled sends have piled up past
+        :attr:`max_buffered_bytes`, the connection is closed and this frame and every later
+        one dropped. A closed connection drops frames quietly.
+        """
+        if self._cut_off is not None:
+            return
+        buffered = self.connection.transport.get_write_buffer_size()
+        if buffered + len(frame) > self.max_buffered_bytes:
+            self._cut(f"{buffered} bytes unsent")
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.connection.send(frame)
+        except TimeoutError:
+            self._cut(f"nothing taken for {self.timeout_s:.0f} s")
+        except ConnectionClosed:
+            pass
+
+    def _cut(self, why: str) -> None:
+        _LOGGER.warning("closing a client that does not read what it is sent (%s)", why)
+        self._cut_off = asyncio.create_task(
+            _close_within(self.connection, CLOSE_NOT_READING, "not reading"), name="cut-off"
+        )
+        if self._reading is not None:  # the session's wait for the client's next frame ends
+            self._reading.reschedule(asyncio.get_running_loop().time())
+
+    @contextlib.asynccontextmanager
+    async def reading(self, timeout_s: float) -> AsyncIterator[None]:
+        """Wait for the client's next frame: TimeoutError after ``timeout_s``, or at once when
+        the client is cut off (cancelling ``recv()`` loses nothing)."""
+        async with asyncio.timeout(timeout_s) as waiting:
+            self._reading = waiting
+            try:
+                yield
+            finally:
+                self._reading = None
+
+    async def closed(self) -> None:
+        """After a cut-off, once the session is closed: wait for the connection to close
+        (within the closing handshake's limit), reading away what the client still sends,
+        or its answer to the close frame would wait behind that."""
+        if self._cut_off is None:
+            return
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                while not self._cut_off.done():
+                    await self.connection.recv()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._cut_off
+
     async def release(self) -> None:
         """Send what was held back; from now on frames go out at once."""
         held, self._held = self._held or [], None
         for frame in held:
-            await _send_quietly(self.connection, frame)
+            await self.write(frame)
 
     @property
     def output_rate(self) -> int:
@@ -766,7 +856,7 @@ class _Sender:
             if self._held is not None:
                 self._held.append(frame)
             else:
-                await _send_quietly(self.connection, frame)
+                await self.write(frame)
 
 
 async def _send_quietly(connection: ServerConnection, frame: str | bytes) -> None:
@@ -780,7 +870,7 @@ async def _close_unread(connection: ServerConnection, code: int, reason: str) ->
     Unread frames pause the connection's reading, and the client's close frame would wait
     behind them until the closing handshake times out.
     """
-    closing = asyncio.ensure_future(connection.close(code, reason))
+    closing = asyncio.ensure_future(_close_within(connection, code, reason))
     try:
         with contextlib.suppress(ConnectionClosed):
             while not closing.done():
@@ -791,7 +881,22 @@ async def _close_unread(connection: ServerConnection, code: int, reason: str) ->
 
 async def _close_quietly(connection: ServerConnection, code: int, reason: str) -> None:
     with contextlib.suppress(Exception):  # shutting down: a broken connection is closed anyway
-        await connection.close(code, reason)
+        await _close_within(connection, code, reason)
+
+
+async def _close_within(connection: ServerConnection, code: int, reason: str) -> None:
+    """Close, dropping the connection if the closing handshake takes over its time limit.
+
+    The close frame goes behind what the client has not read yet; ``close()`` alone waits
+    without a limit for the client to read that much before its own timeout starts.
+    """
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            await connection.close(code, reason)
+    except TimeoutError:
+        _LOGGER.info("dropped a connection that did not complete its closing handshake")
+        connection.transport.abort()
+        await connection.wait_closed()
 
 
 def _utf8(text: str) -> bytes:
