@@ -695,7 +695,7 @@ async def _daemon(
     from .session import Session
     from .skills import SkillRouter, TimerService
     from .transports.console import ConsoleView, fan_out
-    from .transports.daemon import Daemon, ResamplingSource, StatusReporter
+    from .transports.daemon import ConversationMarker, Daemon, ResamplingSource, StatusReporter
     from .transports.file import Timeline, chunks_paced
 
     out_rate = engines.tts.sample_rate_hz if engines is not None else 22050
@@ -717,6 +717,18 @@ async def _daemon(
         else None
     )
 
+    # A local daemon continues its conversation across a restart (a crash, kill -9, an
+    # update) when its last turn was within [daemon] conversation_timeout_s.
+    marker = resumed = None
+    if store is not None and not settings.daemon.server:
+        marker = ConversationMarker(settings.data_path() / "daemon-conversation", store)
+        resumed = await asyncio.to_thread(marker.last, settings.daemon.conversation_timeout_s)
+    resume_id = [resumed[0]] if resumed else []
+
+    async def remember(conversation_id: str) -> None:
+        if marker is not None:
+            await asyncio.to_thread(marker.remember, conversation_id)
+
     def make_conversation(sink: Any) -> Any:
         if settings.daemon.server:
             from .transports.satellite import RemoteConversation
@@ -737,6 +749,7 @@ async def _daemon(
             barge_in=False,
             skills=skills,
             timer_key=_DAEMON_TIMERS,
+            conversation_id=resume_id.pop() if resume_id else None,
         )
 
     status = StatusReporter(
@@ -750,6 +763,8 @@ async def _daemon(
         status=status,
         output_sample_rate_hz=out_rate,
         mute_for_cue=not args.input,  # a recording has no speaker to echo the cue
+        on_conversation=remember,
+        resumed_idle_s=resumed[1] if resumed else None,
     )
     _CURRENT_DAEMON[:] = [daemon]
 

@@ -322,6 +322,43 @@ class StatusReporter:
                 await runner
 
 
+class ConversationMarker:
+    """The daemon's conversation, named in a file of the data directory.
+
+    So that a restart (an update, a crash, ``kill -9``, a power cut) continues the
+    conversation the speaker was having, when its last turn was within
+    ``conversation_timeout_s``: what the user said before is remembered, as if the daemon had
+    never stopped. The store is the truth; the file only says which conversation is the
+    daemon's (the same store may hold the conversations of ``voicebot chat`` or ``serve``).
+    """
+
+    def __init__(self, path: str | Path, store: Any) -> None:
+        """Args:
+        path: The file (written atomically).
+        store: The conversation store (:class:`voicebot.store.Store`).
+        """
+        self.path = Path(path)
+        self.store = store
+
+    def last(self, within_s: float) -> tuple[str, float] | None:
+        """The remembered conversation and the seconds since its last activity, if it is
+        still stored and was active within ``within_s``."""
+        try:
+            conversation_id = self.path.read_text().strip()
+        except OSError:
+            return None
+        if not conversation_id or not self.store.exists(conversation_id):
+            return None
+        idle_s = max(0.0, time.time() - self.store.conversation(conversation_id).updated_at)
+        return (conversation_id, idle_s) if idle_s <= within_s else None
+
+    def remember(self, conversation_id: str) -> None:
+        """Name ``conversation_id`` as the daemon's (a crash mid-write leaves the old name)."""
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(conversation_id)
+        os.replace(partial, self.path)
+
+
 class Daemon:
     """The wake-word loop around a conversation."""
 
@@ -337,6 +374,8 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         cue_tail_s: float = 0.3,
         mute_for_cue: bool = True,
+        on_conversation: Callable[[str], Awaitable[None]] | None = None,
+        resumed_idle_s: float | None = None,
     ) -> None:
         """Create a daemon.
 
@@ -352,6 +391,11 @@ class Daemon:
                 (the cue's echo and the speaker's latency).
             mute_for_cue: Ignore the input while the wake cue plays (and ``cue_tail_s``
                 after). Off for a recording, which has no speaker to echo.
+            on_conversation: Called with the id of each conversation opened (to remember it
+                across a restart: :class:`ConversationMarker`).
+            resumed_idle_s: The first conversation ``make_conversation`` builds resumes one
+                whose last activity was this long ago: a wake word within
+                ``conversation_timeout_s`` of it continues it.
         """
         self.settings = settings
         self.wake = wake
@@ -367,7 +411,9 @@ class Daemon:
         self._awake = False
         self._deadline: float | None = None
         self._refractory_until = 0.0
-        self._last_activity = -math.inf
+        self._last_activity = -math.inf if resumed_idle_s is None else clock() - resumed_idle_s
+        self._on_conversation = on_conversation
+        self._noted_conversation = ""
         self._session_state = SessionState.LISTENING
         self._speech_open = False
         self._deaf_until_s = 0.0  # input stream time until which the mic hears the cue
@@ -504,7 +550,7 @@ class Daemon:
         if self._conversation is None:
             self._conversation = self._make_conversation(self._on_event)
         try:
-            await self._conversation.start()
+            await self._note(await self._conversation.start())
         except VoicebotError as error:
             # Say so out loud (a falling chime), and stay asleep until the next wake word.
             _LOGGER.warning("cannot start the conversation: %s", error)
@@ -530,7 +576,13 @@ class Daemon:
         whose end the conversation announces, is heard)."""
         if self._conversation is None:
             self._conversation = self._make_conversation(self._on_event)
-            await self._conversation.start()
+            await self._note(await self._conversation.start())
+
+    async def _note(self, conversation_id: str) -> None:
+        """Tell ``on_conversation`` about a conversation opened (once each)."""
+        if self._on_conversation is not None and conversation_id != self._noted_conversation:
+            self._noted_conversation = conversation_id
+            await self._on_conversation(conversation_id)
 
     async def _go_idle(self) -> None:
         if self._awake:
