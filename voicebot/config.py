@@ -275,10 +275,11 @@ class ServerSettings:
     """Beyond the burst, text frames read per second."""
     max_paced_s: float = 20.0
     """A client kept paced this long without a break is closed with 1008 ``too fast``."""
-    send_buffer_bytes: int = 1 << 18
-    """What the server buffers for one connection beyond the system's socket buffers (256 KiB,
-    about 6 s of 22.05 kHz reply audio): above it the reply waits for the client to read, and
-    the server never holds twice this for a connection (past that: 1008 ``not reading``)."""
+    send_buffer_bytes: int = 1 << 15
+    """What the server buffers for one connection beyond the system's socket buffers (32 KiB,
+    websockets' own default, about 0.7 s of 22.05 kHz reply audio): above it the reply waits
+    for the client to read. More delays ``interrupted`` behind queued audio on a slow link.
+    The server never holds 4 times this for a connection (past that: 1008 ``not reading``)."""
     send_timeout_s: float = 20.0
     """A send to a client that takes nothing this long (it does not read its socket) closes
     the connection with 1008 ``not reading``; its session ends at once."""

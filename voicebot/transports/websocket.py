@@ -87,7 +87,7 @@ CLOSE_TOO_FAST = CLOSE_POLICY
 ``too fast``)."""
 CLOSE_NOT_READING = CLOSE_POLICY
 """A client took none of what it was sent for ``[server] send_timeout_s``, or let more than
-twice ``send_buffer_bytes`` pile up (reason ``not reading``)."""
+4 times ``send_buffer_bytes`` pile up (reason ``not reading``)."""
 CLOSE_SERVER_ERROR = 1011
 """The server failed: a profile's model cannot be loaded, or an unexpected error."""
 CLOSE_SERVER_FULL = 1013
@@ -442,7 +442,7 @@ class VoiceServer:
             connection,
             start.output_sample_rate_hz,
             timeout_s=server.send_timeout_s,
-            max_buffered_bytes=2 * server.send_buffer_bytes,
+            max_buffered_bytes=4 * server.send_buffer_bytes,
         )
         send.observe = self.metrics.observe
         try:
@@ -640,7 +640,7 @@ class VoiceServer:
                 await send.write(feedback_frame(message.rating, message.turn_id, stored=stored))
             elif isinstance(message, StopMessage):
                 await session.end_of_input()
-                await connection.close(CLOSE_NORMAL, "stopped")
+                await _close_within(connection, CLOSE_NORMAL, "stopped")
                 return
             else:
                 await send.write(error_frame("already_started", "the session has started"))
@@ -723,7 +723,7 @@ class _Sender:
         output_rate: int | None,
         *,
         timeout_s: float = _CLOSE_TIMEOUT_S,
-        max_buffered_bytes: int = 1 << 19,
+        max_buffered_bytes: int = 1 << 17,
     ) -> None:
         self.connection = connection
         self.timeout_s = timeout_s
