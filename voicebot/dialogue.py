@@ -54,10 +54,11 @@ def extract_facts(text: str, facts: dict[str, str] | None = None) -> dict[str, s
 class Dialogue:
     """A conversation: the persona, its turns, and the facts the user shared."""
 
-    # How a follow-up is answered without history, chosen on the dev set's 32 follow-ups with
-    # the embedded 135M model (docs/quality.md): nothing 1/32, the previous exchange alone
-    # 16/32, the rewrite alone 18/32, both 21/32. (The two are close; on the test set the
-    # rewrite alone did better: docs/quality.md gives both.)
+    # How a follow-up is answered without history, chosen on the dev set's 115 follow-ups
+    # (dev.toml and dev_followups.toml) with the embedded 135M model (docs/quality.md;
+    # scripts/followup_handling.py), runs differ by a few answers: both 55-58/115 (4 runs),
+    # the previous exchange alone 51-54 (3), the rewrite else the exchange 50-53 (2), the
+    # rewrite alone 47-48 (2), nothing 4 (2). Both led in every run; test was not used.
     FOLLOWUP_REWRITE = True
     """Without history, rewrite a follow-up into a standalone question."""
     FOLLOWUP_EXCHANGE = True
