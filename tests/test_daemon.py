@@ -608,16 +608,19 @@ def test_install_service_keeps_every_flag_and_hides_a_token(tmp_path: Path) -> N
         "S3CRET",
         "--install-service",
         str(unit),
+        "--credential-file",
+        str(tmp_path / "token"),
         "--",
         "--follow-up",
         "5",
     )
     assert result.returncode == 0, result.stderr
     exec_start = next(line for line in unit.read_text().splitlines() if "ExecStart=" in line)
-    assert exec_start.endswith(
-        "daemon --wake-word hey_jarvis --no-cue --token S3CRET --follow-up 5"
-    )
-    assert unit.stat().st_mode & 0o777 == 0o600
+    assert exec_start.endswith("daemon --wake-word hey_jarvis --no-cue --follow-up 5")
+    # The token goes to a root-only credential file (tests/test_security.py), not the unit.
+    assert "S3CRET" not in unit.read_text()
+    assert f"LoadCredential=token:{tmp_path / 'token'}" in unit.read_text()
+    assert unit.stat().st_mode & 0o777 == 0o644
     assert "RuntimeDirectory=voicebot" in unit.read_text()
     assert "/opt/" not in unit.read_text()
 

@@ -620,7 +620,11 @@ async def _websocket_run(
     from .transports.websocket import VoiceServer
 
     settings = replace(
-        settings, server=replace(settings.server, port=0, max_sessions=max(8, sessions))
+        settings,
+        # Every bench client comes from 127.0.0.1: no per-address cap.
+        server=replace(
+            settings.server, port=0, max_sessions=max(8, sessions), max_sessions_per_address=0
+        ),
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.db")

@@ -377,6 +377,8 @@ def _server_env(options: SoakOptions, data_dir: str) -> dict[str, str]:
     if options.avx2:
         env = avx2_environment(env)
     env["VOICEBOT_DATA_DIR"] = data_dir
+    # Every soak client comes from 127.0.0.1, reconnecting while its last connection closes.
+    env.setdefault("VOICEBOT_SERVER_MAX_SESSIONS_PER_ADDRESS", "0")
     if options.config:
         env["VOICEBOT_CONFIG"] = str(Path(options.config).resolve())
     return env

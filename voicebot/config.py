@@ -250,7 +250,17 @@ class ServerSettings:
     port: int = 8765
     """Port to bind; 0 picks a free one."""
     token: str = ""
-    """Shared secret clients send in ``start``; required when binding beyond loopback."""
+    """Shared secret clients send in ``start``; required when binding beyond loopback. Unset,
+    it is read from ``$CREDENTIALS_DIRECTORY/token`` (systemd's ``LoadCredential=token:...``)."""
+    insecure: bool = False
+    """Allow plain ws:// (no ``certfile``) beyond loopback: audio, transcripts and the token
+    then cross the network in clear text. For a trusted network or behind a TLS proxy."""
+    auth_failures_per_minute: int = 5
+    """Wrong or missing tokens one client address may send in a minute; past it the address
+    is refused (1008 ``too many failed attempts``) before its token is checked. 0: no limit."""
+    max_sessions_per_address: int = 4
+    """Connections one client address may hold at once; more are closed with 1013. Behind a
+    proxy every client has the proxy's address: raise it or set 0 (no cap)."""
     max_sessions: int = 8
     """Sessions served at once; more are closed with code 1013."""
     idle_timeout_s: float = 300.0
@@ -570,6 +580,20 @@ def _read_file(path: Path | None, required: bool) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {error}") from None
 
 
+def _read_credential(name: str, env: Mapping[str, str]) -> str | None:
+    """A systemd credential (``$CREDENTIALS_DIRECTORY/NAME``), stripped; ``None`` if absent."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the credential {path}: {error}") from None
+
+
 _PROFILE_OVERRIDES: tuple[tuple[str, str, Any], ...] = (
     ("tts.voice", "voice", ""),
     ("tts.speaking_rate", "speaking_rate", 0.0),
@@ -632,6 +656,10 @@ def load_settings(
             top[key] = env[name]
     if "VOICEBOT_MODELS" in env and "models_dir" not in top:
         top["models_dir"] = env["VOICEBOT_MODELS"]
+    # systemd's LoadCredential=token:FILE: ranks with the environment, above the file.
+    credential = _read_credential("token", env)
+    if credential is not None and "VOICEBOT_SERVER_TOKEN" not in env:
+        layered["server"]["token"] = credential
 
     for key, value in (overrides or {}).items():
         if value is None:

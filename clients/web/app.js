@@ -95,6 +95,7 @@ const ui = {
   profile: $("profile"),
   tokenRow: $("token-row"),
   token: $("token"),
+  rememberToken: $("remember-token"),
   notice: $("notice"),
   status: $("status"),
   statusText: $("status-text"),
@@ -1040,6 +1041,11 @@ function onServerError(message) {
     ui.token.focus();
     return;
   }
+  if (code === "rate_limited") {
+    app.fatal = "Too many failed attempts";
+    showNotice("token", "Too many wrong tokens from this address: wait a minute, then retry.");
+    return;
+  }
   if (code === "store" && !app.ready && !app.freshConversation) {
     // The remembered conversation no longer exists on this server: start a new one.
     localStorage.removeItem(STORAGE.conversation);
@@ -1160,11 +1166,19 @@ ui.profile.addEventListener("change", () => {
   if (app.shownConversation) ui.newConversation.click();
 });
 
-ui.token.addEventListener("change", () => {
+// The token is kept for this tab only (sessionStorage) unless "Remember on this device" is
+// ticked (localStorage, which outlives the browser); unticking forgets it there.
+function saveToken() {
   const token = ui.token.value.trim();
-  if (token) localStorage.setItem(STORAGE.token, token);
+  const remember = ui.rememberToken.checked && token !== "";
+  if (remember) localStorage.setItem(STORAGE.token, token);
   else localStorage.removeItem(STORAGE.token);
-});
+  if (token && !remember) sessionStorage.setItem(STORAGE.token, token);
+  else sessionStorage.removeItem(STORAGE.token);
+}
+
+ui.token.addEventListener("change", saveToken);
+ui.rememberToken.addEventListener("change", saveToken);
 
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -1191,7 +1205,9 @@ window.addEventListener("pagehide", () => {
   if (app.ws) app.ws.close(1000, "page closed");
 });
 
-ui.token.value = localStorage.getItem(STORAGE.token) || "";
+ui.rememberToken.checked = localStorage.getItem(STORAGE.token) !== null;
+ui.token.value =
+  localStorage.getItem(STORAGE.token) || sessionStorage.getItem(STORAGE.token) || "";
 updateButtons();
 loadConfig();
 

@@ -62,6 +62,13 @@ from ..protocol import (
 from ..session import Session
 from ..skills import SkillRouter, TimerService
 from ..store import Store
+from .guard import (
+    INSECURE_REMEDY,
+    AddressSessions,
+    AuthLimiter,
+    hide_frame_payloads,
+    plain_text_exposure,
+)
 
 __all__ = [
     "CLOSE_NOT_READING",
@@ -92,6 +99,11 @@ CLOSE_SERVER_ERROR = 1011
 """The server failed: a profile's model cannot be loaded, or an unexpected error."""
 CLOSE_SERVER_FULL = 1013
 """Too many connections: try again later."""
+CLOSE_REASON_RATE_LIMITED = "too many failed attempts"
+"""With 1008: this address sent ``[server] auth_failures_per_minute`` wrong tokens within a
+minute; it is refused before its token is checked until the oldest is a minute old."""
+CLOSE_REASON_PER_ADDRESS = "too many sessions from this address"
+"""With 1013: this address holds ``[server] max_sessions_per_address`` connections already."""
 _START_TIMEOUT_S = 10.0
 _CLOSE_TIMEOUT_S = 10.0
 """Longest closing handshake (as websockets' own): a client that does not take the close
@@ -132,7 +144,8 @@ def check_server_settings(settings: Settings) -> None:
     """Refuse unsafe or incomplete server settings (before any model is loaded).
 
     Raises:
-        ConfigError: beyond loopback without a token, half a TLS setup, unreadable TLS files.
+        ConfigError: beyond loopback without a token, or over plain ws:// without
+            ``insecure``; half a TLS setup, unreadable TLS files.
     """
     server = settings.server
     if not is_loopback(server.host) and not server.token:
@@ -145,6 +158,9 @@ def check_server_settings(settings: Settings) -> None:
     for name in (server.certfile, server.keyfile):
         if name and not Path(name).is_file():
             raise ConfigError(f"cannot read {name}: no such file")
+    exposure = plain_text_exposure(server, is_loopback)
+    if exposure is not None and not server.insecure:
+        raise ConfigError(f"{exposure}: {INSECURE_REMEDY}")
 
 
 @dataclass
@@ -197,6 +213,11 @@ class VoiceServer:
         self._stats = _Stats()
         self._handlers: set[asyncio.Task[Any]] = set()
         self.metrics = VoiceMetrics(sessions=lambda: len(self.sessions), workers=engines.workers)
+        self.auth_failures = AuthLimiter(settings.server.auth_failures_per_minute)
+        """Failed tokens per client address (``[server] auth_failures_per_minute``)."""
+        self.address_sessions = AddressSessions(settings.server.max_sessions_per_address)
+        """Connections per client address (``[server] max_sessions_per_address``)."""
+        hide_frame_payloads("websockets.server")  # the start frame holds the token
         """What ``/metrics`` serves (Prometheus)."""
         self.timers = timers or TimerService(store)
         """Every session's timers: they outlive a connection and survive a restart."""
@@ -254,6 +275,9 @@ class VoiceServer:
             write_limit=server.send_buffer_bytes,
         )
         self.health = "ready"
+        exposure = plain_text_exposure(server, is_loopback)
+        if exposure is not None:
+            _LOGGER.warning("--insecure: %s", exposure)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; then call :meth:`drain` or :meth:`close`.
@@ -417,16 +441,33 @@ class VoiceServer:
         if self._closing:
             await connection.close(CLOSE_GOING_AWAY, "server shutting down")
             return
+        address = _client_address(connection)
+        if self.settings.server.token and self.auth_failures.blocked(address):
+            await self._refuse_rate_limited(connection)
+            return
         # No await between the check and the add: concurrent arrivals cannot all pass.
         if len(self._connections) >= self.settings.server.max_sessions:
             self.metrics.reject("full")
             await connection.close(CLOSE_SERVER_FULL, "server full, try again later")
+            return
+        if not self.address_sessions.admit(address):
+            self.metrics.reject("per_address")
+            await connection.close(CLOSE_SERVER_FULL, CLOSE_REASON_PER_ADDRESS)
             return
         self._connections.add(connection)
         try:
             await self._run_session(connection)
         finally:
             self._connections.discard(connection)
+            self.address_sessions.release(address)
+
+    async def _refuse_rate_limited(self, connection: ServerConnection) -> None:
+        self.metrics.reject("rate_limited")
+        await _send_quietly(
+            connection,
+            error_frame("rate_limited", "too many failed attempts: wait a minute, then retry"),
+        )
+        await _close_quietly(connection, CLOSE_POLICY, CLOSE_REASON_RATE_LIMITED)
 
     async def _run_session(self, connection: ServerConnection) -> None:
         start = await self._await_start(connection)
@@ -543,13 +584,21 @@ class VoiceServer:
                             return None
                         continue
                     token = self.settings.server.token
+                    address = _client_address(connection)
+                    if token and self.auth_failures.blocked(address):
+                        # Checked again: connections opened before the address ran out.
+                        await self._refuse_rate_limited(connection)
+                        return None
                     if token and not hmac.compare_digest(_utf8(message.token), _utf8(token)):
+                        self.auth_failures.failed(address)
                         self.metrics.reject("unauthorized")
                         await _send_quietly(
                             connection, error_frame("unauthorized", "wrong or missing token")
                         )
                         await connection.close(CLOSE_POLICY, "unauthorized")
                         return None
+                    if token:
+                        self.auth_failures.succeeded(address)
                     return message
         except TimeoutError:
             self.metrics.reject("no_start")
@@ -897,6 +946,12 @@ async def _close_within(connection: ServerConnection, code: int, reason: str) ->
         _LOGGER.info("dropped a connection that did not complete its closing handshake")
         connection.transport.abort()
         await connection.wait_closed()
+
+
+def _client_address(connection: ServerConnection) -> str:
+    """The client's IP address (a proxy's, behind one); ``""`` when the socket has none."""
+    remote = connection.remote_address
+    return str(remote[0]) if isinstance(remote, tuple) and remote else ""
 
 
 def _utf8(text: str) -> bytes:
