@@ -341,6 +341,10 @@ class SkillSettings:
     """IANA zone for the time and date ("Europe/Paris"); empty: the system's."""
     templates: tuple[str, ...] = ()
     """Extra sentence template files (Home Assistant's YAML format), added to the built-in."""
+    listen_again: bool = True
+    """Decode again, with the skills' words as Whisper's prompt, an utterance that has a
+    skill's word but matches no template; the second transcript is kept only when a skill
+    understands it (``voicebot.skills.listening``; docs/skills.md gives the measurements)."""
 
 
 @dataclass(frozen=True)

@@ -264,11 +264,12 @@ def model_manager(settings: Settings) -> ModelManager:
 
 
 def load_stt(settings: Settings, manager: ModelManager | None = None) -> SpeechToText:
-    """Load the configured speech-to-text model."""
+    """Load the configured speech-to-text model (listening again for skills when they are on:
+    ``voicebot.skills.listening``)."""
     from .stt import WhisperStt
 
     manager = manager or model_manager(settings)
-    return WhisperStt(
+    stt = WhisperStt(
         resolve_model(settings.stt.model, "stt", manager),
         device=settings.stt.device,
         compute_type=settings.stt.compute_type,
@@ -280,6 +281,12 @@ def load_stt(settings: Settings, manager: ModelManager | None = None) -> SpeechT
         log_prob_threshold=settings.stt.log_prob_threshold,
         fit_window=settings.stt.fit_window,
     )
+    if not (settings.skills.enabled and settings.skills.listen_again):
+        return stt
+    from ..skills import SkillRouter
+    from ..skills.listening import SkillListeningStt
+
+    return SkillListeningStt(stt, SkillRouter(settings.skills))
 
 
 def load_llm(

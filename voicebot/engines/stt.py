@@ -152,17 +152,22 @@ class WhisperStt:
             threads,
         )
 
-    def transcribe(self, pcm: bytes) -> Transcription:
+    def transcribe(self, pcm: bytes, *, prompt: str = "") -> Transcription:
         """Transcribe 16 kHz PCM16 mono audio; silence and noise give an empty text.
 
         Thread-safe: each call takes a free model instance (waiting for one if all are busy).
+
+        Args:
+            pcm: The utterance.
+            prompt: Text Whisper takes as said just before (its ``initial_prompt``): words
+                in it are heard more readily.
         """
         audio = pcm16_to_float(pcm)
         audio_s = audio.size / _SAMPLE_RATE_HZ
         if audio_s < _MIN_AUDIO_S or _dbfs(audio) < _SILENCE_DBFS:
             return Transcription(text="", language=self.language or "", audio_s=audio_s)
         with self._instance() as model:
-            return self._transcribe_with(model, audio, audio_s)
+            return self._transcribe_with(model, audio, audio_s, prompt)
 
     def plain_transcribe(self, audio: np.ndarray) -> None:
         """Plain faster-whisper on float audio (30 s window, its default decoding): the
@@ -181,14 +186,17 @@ class WhisperStt:
         finally:
             self._free.put(model)
 
-    def _transcribe_with(self, model: Any, audio: np.ndarray, audio_s: float) -> Transcription:
+    def _transcribe_with(
+        self, model: Any, audio: np.ndarray, audio_s: float, prompt: str = ""
+    ) -> Transcription:
         frames = audio.size // 160 + _WINDOW_MARGIN_FRAMES
         if self.fit_window and frames < 3000:
-            result = self._decode(model, audio, audio_s, frames, int(audio_s * _TOKENS_PER_S) + 10)
+            max_tokens = int(audio_s * _TOKENS_PER_S) + 10
+            result = self._decode(model, audio, audio_s, frames, max_tokens, prompt)
             if result is not None:
                 return result
             _LOGGER.debug("short-window transcript looked like a loop; using the full window")
-        full = self._decode(model, audio, audio_s, 3000, None)
+        full = self._decode(model, audio, audio_s, 3000, None, prompt)
         assert full is not None
         return full
 
@@ -199,6 +207,7 @@ class WhisperStt:
         audio_s: float,
         frames: int,
         max_tokens: int | None,
+        prompt: str = "",
     ) -> Transcription | None:
         """Decode with an encoder window of ``frames``; None when a short window misbehaved."""
         model.window_frames = frames
@@ -217,6 +226,7 @@ class WhisperStt:
                 log_prob_threshold=self.log_prob_threshold,
                 compression_ratio_threshold=_MAX_COMPRESSION_RATIO,
                 max_new_tokens=max_tokens,
+                initial_prompt=prompt or None,
             )
             texts: list[str] = []
             worst_no_speech = 0.0

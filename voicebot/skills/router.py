@@ -30,6 +30,7 @@ from home_assistant_intents import get_intents
 from ..config import SkillSettings
 from ..errors import ConfigError, VoicebotError
 from .arithmetic import calculate, evaluate
+from .hearing import repair
 from .numbers import format_duration, parse_number, words_for_speech
 from .timers import Timer, TimerService
 
@@ -194,7 +195,9 @@ class SkillRouter:
 
     def matches(self, text: str) -> list[IntentMatch]:
         """Every reading of ``text`` the templates allow, the best first."""
-        words = normalize(text)
+        return self._recognize(normalize(text))
+
+    def _recognize(self, words: str) -> list[IntentMatch]:
         if not words:
             return []
         results = list(
@@ -214,10 +217,16 @@ class SkillRouter:
         return found
 
     def match(self, text: str) -> IntentMatch | None:
-        """The intent ``text`` asks for, when a skill can answer it (``None``: the model)."""
-        for found in self.matches(text):
-            if self._acceptable(found):
-                return found
+        """The intent ``text`` asks for, when a skill can answer it (``None``: the model).
+
+        Words no template matches are tried again with tiny.en's mishearings of number
+        words repaired (:func:`~voicebot.skills.hearing.repair`).
+        """
+        words = normalize(text)
+        for candidate in dict.fromkeys((words, repair(words))):
+            for found in self._recognize(candidate):
+                if self._acceptable(found):
+                    return found
         return None
 
     def _acceptable(self, found: IntentMatch) -> bool:
