@@ -45,6 +45,17 @@ def test_the_sets_are_large_enough_and_do_not_share_items() -> None:
             assert entry.expect or entry.expect_all, entry.id
 
 
+def test_the_dev_set_is_dev_toml_and_the_new_follow_ups() -> None:
+    dev, new = load_set("dev"), load_set("dev_followups")
+    assert {i.source for i in dev} == {"dev", "dev_followups"}
+    assert len({i.id for i in dev}) == len(dev) and len(new) >= 60
+    assert {i.category for i in new} == {"followup"}
+    assert all(i.id.startswith("dev2-follow-") for i in new)
+    assert {i.id for i in new} <= {i.id for i in dev}
+    summary = memory_only(["dev"])["dev"].summary()
+    assert "dev_followups" in summary and "  total " in summary
+
+
 # --- strict scoring -----------------------------------------------------------------------------
 
 
@@ -171,7 +182,8 @@ def test_the_default_assistant_on_the_test_set(real_engines: Engines, settings: 
     score = {c: report.category(c) for c in CATEGORIES}
     assert report.traps_clean()[0] == report.traps_clean()[1], wrong
     assert report.false_facts == 0, wrong
-    # Measured (docs/quality.md): memory 20/20, follow-ups 6/15 (the 70 % target is missed),
+    # Measured (docs/quality.md): memory 20/20, follow-ups 6/15 then 7/15 with the same
+    # handling (runs differ by a few answers; the 70 % target is missed),
     # factual 10/20 (as before this work, 10/20 under the same scoring). One answer of slack
     # where a different CPU's arithmetic may change a greedy answer.
     assert score["memory"][0] >= 0.8 * score["memory"][1], (score, wrong)
