@@ -56,7 +56,7 @@ class Dialogue:
 
     # How a follow-up is answered without history, chosen on the dev set's 115 follow-ups
     # (dev.toml and dev_followups.toml) with the embedded 135M model (docs/quality.md;
-    # scripts/followup_handling.py), runs differ by a few answers: both 55-58/115 (4 runs),
+    # scripts/followup_handling.py), runs differ by a few answers: both 55-58/115 (5 runs),
     # the previous exchange alone 51-54 (3), the rewrite else the exchange 50-53 (2), the
     # rewrite alone 47-48 (2), nothing 4 (2). Both led in every run; test was not used.
     FOLLOWUP_REWRITE = True
