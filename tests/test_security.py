@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import subprocess
@@ -26,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from voicebot.config import Settings, load_settings
 from voicebot.errors import ConfigError
 from voicebot.store import Store
+from voicebot.transports.client import VoiceClient
 from voicebot.transports.guard import AddressSessions, AuthLimiter
 from voicebot.transports.websocket import VoiceServer, check_server_settings
 
@@ -358,6 +360,17 @@ async def test_a_right_token_clears_the_failures(guarded: VoiceServer) -> None:
     for _ in range(2):
         assert await attempt(url, "wrong") == (1008, "unauthorized")
     assert await attempt(url, SECRET) == ("ready", "")
+
+
+async def test_the_python_client_never_logs_its_token(
+    guarded: VoiceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="websockets.client")
+    client = VoiceClient(ws_url(guarded), sample_rate_hz=RATE, token=SECRET)
+    assert (await asyncio.wait_for(client.connect(), 10))["conversation_id"]
+    await asyncio.wait_for(client.close(), 10)
+    assert "> TEXT [" in caplog.text and "not logged]" in caplog.text
+    assert SECRET not in caplog.text
 
 
 def test_failures_expire_after_a_minute_and_memory_is_bounded() -> None:

@@ -155,7 +155,8 @@ class VoiceMetrics:
         )
         self.rejected = Counter(
             "voicebot_rejected_connections",
-            "Connections refused, by reason (full, draining, unauthorized, origin, host, no_start)",
+            "Connections refused, by reason (full, draining, unauthorized, rate_limited, "
+            "per_address, origin, host, no_start)",
             ["reason"],
             registry=registry,
         )

@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from ..errors import ProtocolError, VoicebotError
+from .guard import hide_frame_payloads
 
 __all__ = ["RECONNECT_CLOSE_CODES", "REFUSAL_CLOSE_CODES", "ServerUnavailable", "VoiceClient"]
 
@@ -165,6 +166,7 @@ class VoiceClient:
 
     async def _open(self, url: str) -> dict[str, Any]:
         self.close_code, self.close_reason = None, ""
+        hide_frame_payloads("websockets.client")  # the start frame holds the token
         try:
             self._connection = await connect(
                 url,
