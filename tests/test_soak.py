@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from .conftest import REPO
 
@@ -68,3 +69,19 @@ def test_short_soak_returns_to_baseline(tmp_path: Path) -> None:
     # The report says what it ran on.
     assert "avx2" in report["machine"]["cpu"]["flags"]
     assert "voice-to-voice p50/p95" in done.stdout
+
+
+def test_the_load_table_compares_each_count_with_the_first() -> None:
+    from voicebot.bench_soak import format_load_table
+
+    def report(sessions: int, p50: float) -> dict[str, Any]:
+        return {
+            "options": {"sessions": sessions},
+            "questions": 10 * sessions,
+            "voice_to_voice_ms": {"p50": p50, "p95": p50 * 1.5},
+            "unanswered": 0,
+        }
+
+    table = format_load_table([report(1, 500.0), report(4, 650.0)]).splitlines()
+    assert table[2].startswith("| 1 | 10 | 500.0 / 750.0 ms | 1.00x |")
+    assert table[3].startswith("| 4 | 40 | 650.0 / 975.0 ms | 1.30x |")

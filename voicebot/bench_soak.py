@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from .audio import silence
 from .bench import QUESTIONS, avx2_environment, cpu_info, summarize
 from .speech_samples import SpeechMaker, speech_end_s
 
-__all__ = ["SoakOptions", "format_soak", "run_soak"]
+__all__ = ["SoakOptions", "format_load_table", "format_soak", "run_soak"]
 
 RATE = 16000
 _STEP = 2 * RATE // 50  # 20 ms of 16 kHz PCM16
@@ -618,4 +618,21 @@ def format_soak(report: Mapping[str, Any]) -> str:
         f"{report['resumed']}, refused {report['refused']}); other errors "
         f"{report['other_errors'] or 'none'}",
     ]
+    return "\n".join(lines)
+
+
+def format_load_table(reports: Sequence[Mapping[str, Any]]) -> str:
+    """Soaks at several session counts side by side, p50 against the first count's."""
+    first = reports[0]["voice_to_voice_ms"].get("p50")
+    lines = [
+        "| sessions | questions | voice-to-voice p50 / p95 | p50 / the first row's | unanswered |",
+        "|---|---|---|---|---|",
+    ]
+    for report in reports:
+        v2v = report["voice_to_voice_ms"]
+        ratio = f"{v2v['p50'] / first:.2f}x" if first and v2v.get("p50") else "-"
+        lines.append(
+            f"| {report['options']['sessions']} | {report['questions']} | "
+            f"{v2v.get('p50')} / {v2v.get('p95')} ms | {ratio} | {report['unanswered']} |"
+        )
     return "\n".join(lines)

@@ -980,21 +980,31 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _soak(settings: Settings, args: argparse.Namespace, log: Callable[[str], None]) -> int:
-    from .bench_soak import SoakOptions, format_soak, run_soak
+    from .bench_soak import SoakOptions, format_load_table, format_soak, run_soak
     from .models import default_models_dir
     from .speech_samples import SpeechMaker
 
     if args.soak <= 0:
         raise VoicebotError("--soak takes the minutes to run, more than 0")
-    sessions = max(int(n) for n in (args.sessions or "4").split(",") if n.strip())
-    options = SoakOptions(
-        minutes=args.soak, sessions=sessions, avx2=args.isa != "best", config=args.config
-    )
+    try:
+        counts = [int(n) for n in (args.sessions or "4").split(",") if n.strip()]
+    except ValueError:
+        raise VoicebotError(f"--sessions takes numbers like 1,2,4, not {args.sessions!r}") from None
     maker = SpeechMaker.load(default_models_dir(settings.models_dir))
-    report = run_soak(maker, options, log)
-    print(format_soak(report))
+    # Several counts: one soak each, then how latency grows with the load (sessions per
+    # replica at a given slowdown, under real-time use rather than all talking at once).
+    reports = []
+    for sessions in counts:
+        options = SoakOptions(
+            minutes=args.soak, sessions=sessions, avx2=args.isa != "best", config=args.config
+        )
+        reports.append(run_soak(maker, options, log))
+        print(format_soak(reports[-1]), flush=True)
+    if len(reports) > 1:
+        print(format_load_table(reports))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        document = reports[0] if len(reports) == 1 else {"runs": reports}
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 
