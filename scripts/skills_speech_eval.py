@@ -33,7 +33,7 @@ from tests.test_skills_real import HELD_OUT, SPOKEN, padded, right  # noqa: E402
 from voicebot.engines.base import Transcription  # noqa: E402
 from voicebot.quality import load_set  # noqa: E402
 from voicebot.skills import SkillRouter  # noqa: E402
-from voicebot.skills.listening import SkillListeningStt  # noqa: E402
+from voicebot.skills.listening import SKILL_PROMPT, SkillListeningStt  # noqa: E402
 
 Phrasing = tuple[str, str, str]
 
@@ -75,7 +75,9 @@ class Hearing:
     """Transcripts of spoken text, through :class:`SkillListeningStt` as the app runs it,
     with Whisper's own transcripts cached on disk per voice, prompt and decoding options."""
 
-    def __init__(self, cache: Path, options: dict[str, Any], router: SkillRouter) -> None:
+    def __init__(
+        self, cache: Path, options: dict[str, Any], router: SkillRouter, prompt: str = SKILL_PROMPT
+    ) -> None:
         self.options = options
         key = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
         self.path = cache / f"whisper-{key}.json"
@@ -83,7 +85,9 @@ class Hearing:
         self._stt: Any = None
         self._maker: Any = None
         listen_again = options.get("skills.listen_again", True)
-        self.recogniser: Any = SkillListeningStt(self, router) if listen_again else self
+        self.recogniser: Any = (
+            SkillListeningStt(self, router, prompt=prompt) if listen_again else self
+        )
 
     def _load(self) -> None:
         from voicebot.config import load_settings
@@ -133,6 +137,7 @@ def main() -> int:
     parser.add_argument("--cache", default="/tmp/voicebot-skills-eval", help="transcript cache")
     parser.add_argument("--option", action="append", default=[], help="stt.KEY=JSON")
     parser.add_argument("--extra-voices", action="store_true", help="dev set in more voices")
+    parser.add_argument("--prompt", default=SKILL_PROMPT, help="the second listening's prompt")
     parser.add_argument("--test", action="store_true", help="count the test set too (once)")
     parser.add_argument("--show-test", action="store_true", help="list the test set's misses")
     parser.add_argument("--no-chat", action="store_true", help="skip the spoken chat questions")
@@ -143,7 +148,7 @@ def main() -> int:
         key, _, value = option.partition("=")
         options[key] = json.loads(value)
     router = SkillRouter()
-    hearing = Hearing(Path(args.cache), options, router)
+    hearing = Hearing(Path(args.cache), options, router, args.prompt)
     result: dict[str, Any] = {"options": options}
     try:
         sets = [("dev", dev_phrasings())] + ([("test", HELD_OUT)] if args.test else [])

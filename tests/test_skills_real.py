@@ -134,11 +134,11 @@ def right(router: SkillRouter, heard: str, intent: str, expected: str) -> bool:
     return True
 
 
-# Floors under the measured accuracy (docs/skills.md gives the numbers): Piper's voice is
-# heard well by tiny.en; espeak-ng's robotic one is often garbled past any template ("Cancel
-# all timers." -> "Cancel Alzheimer's").
-FLOORS = {("development", "piper"): 0.95, ("development", "espeak"): 0.7}
-FLOORS |= {("held-out", "piper"): 0.9, ("held-out", "espeak"): 0.6}
+# Floors under the measured accuracy (docs/skills.md gives the numbers; held-out: Piper 30/30,
+# espeak-ng 29/30). espeak-ng's robotic voice is still garbled past any repair at times ("Set
+# a timer for one hour." -> "Set a Tyler Fortwell Tower").
+FLOORS = {("development", "piper"): 0.95, ("development", "espeak"): 0.85}
+FLOORS |= {("held-out", "piper"): 0.9, ("held-out", "espeak"): 0.9}
 
 
 @pytest.mark.parametrize("voice", ["piper", "espeak"])
