@@ -611,7 +611,7 @@ async def test_a_timer_is_paused_and_resumed_across_a_restart(store_location: st
     store.close()
 
     store = Store(path)  # a restart: still paused, with what it had left
-    timers = TimerService(store, clock=clock)
+    timers = TimerService(store, clock=clock, unheard_grace_s=0)  # one process: nobody else
     await timers.load()
     router = SkillRouter(timers=timers, clock=clock)
     assert [(t.name, t.paused_s) for t in timers.running("c")] == [("pasta", 600.0)]
@@ -624,7 +624,7 @@ async def test_a_timer_is_paused_and_resumed_across_a_restart(store_location: st
 async def test_other_conversations_do_not_hear_or_touch_the_timers(store_location: str) -> None:
     clock = FakeClock()
     store = Store(store_location)
-    timers = TimerService(store, clock=clock)
+    timers = TimerService(store, clock=clock, unheard_grace_s=0)  # one process: nobody else
     router = SkillRouter(timers=timers, clock=clock)
     heard: list[object] = []
 
@@ -686,7 +686,8 @@ async def test_a_timer_is_ended_once_when_two_services_share_the_file(store_loca
     clock = FakeClock()
     path = store_location
     first, second = Store(path), Store(path)
-    a, b = TimerService(first, clock=clock), TimerService(second, clock=clock)
+    a = TimerService(first, clock=clock, unheard_grace_s=0)  # nobody listens: both end it
+    b = TimerService(second, clock=clock, unheard_grace_s=0)
     await a.add("c", 5, "tea")
     await b.load()
     clock.advance(5)
@@ -1117,7 +1118,7 @@ async def test_a_timer_that_ended_with_nobody_there_rings_when_the_conversation_
 async def test_a_timer_set_just_before_a_barge_in_is_still_watched(store_location: str) -> None:
     store = Store(store_location)
     clock = FakeClock()
-    timers = TimerService(store, clock=clock)
+    timers = TimerService(store, clock=clock, unheard_grace_s=0)  # one process: nobody else
     adding = asyncio.create_task(timers.add("c", 5, "tea"))
     await asyncio.sleep(0)  # the write has started in its thread
     adding.cancel()

@@ -731,6 +731,7 @@ class Session:
         if timers is None or self._unsubscribe_timers is not None:
             return
         self._unsubscribe_timers = timers.subscribe(self._timer_key, self._on_timer)
+        await timers.adopt(self._timer_key)  # those set through another replica ring here too
         for timer in timers.running(self._timer_key):
             await self._emit(timers.started_event(timer))
         # One that ended lately with nobody to hear it (the page was closed, the server was

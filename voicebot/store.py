@@ -658,17 +658,26 @@ class Store:
             ),
         )
 
-    def end_timer(self, timer_id: str, state: str) -> bool:
+    def end_timer(self, timer_id: str, state: str, *, due_by: float | None = None) -> bool:
         """Move a running timer to ``finished`` or ``cancelled``.
+
+        Args:
+            timer_id: The timer.
+            state: ``finished`` or ``cancelled``.
+            due_by: Only if the stored timer is due by this Unix time and not paused: a
+                process whose copy is stale (paused or lengthened by another replica) does
+                not end it.
 
         Returns:
             False when it was not running (already ended, by this process or another one
-            sharing the file): whoever moves it first announces it.
+            sharing the store) or, with ``due_by``, not due: whoever moves it first announces it.
         """
-        rows = self._run(
-            "UPDATE timers SET state = ? WHERE id = ? AND state = 'running' RETURNING id",
-            (state, timer_id),
-        )
+        sql = "UPDATE timers SET state = ? WHERE id = ? AND state = 'running'"
+        params: tuple[Any, ...] = (state, timer_id)
+        if due_by is not None:
+            sql += " AND paused_s IS NULL AND ends_at <= ?"
+            params += (due_by,)
+        rows = self._run(sql + " RETURNING id", params)
         return bool(rows)
 
     def pause_timer(self, timer_id: str, paused_s: float | None, ends_at: float) -> bool:

@@ -6,6 +6,12 @@ restart of the server (it is a row in the store; the service reloads the running
 timer ends, every session that subscribed to its conversation gets a
 :class:`~voicebot.events.TimerFinished`; it stays *ringing* until the user says "stop"
 (:meth:`TimerService.dismiss`, which sends :class:`~voicebot.events.TimerDismissed`).
+
+Replicas sharing one store each hold the timers of the conversations opened through them
+(:meth:`TimerService.adopt`, when a session opens or resumes one) and those running when they
+started. Several may hold a timer; the one that moves it to ``finished`` in the store first
+announces it, and a replica where nobody listens to its conversation gives the one where
+somebody does ``unheard_grace_s`` to do it first.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ TimerListener = Callable[[TimerEvent], Awaitable[None]]
 MAX_TIMER_S = 24 * 3600.0
 """The longest timer."""
 
+UNHEARD_GRACE_S = 5.0
+"""How long past its end a timer nobody here listens to waits before this service ends it:
+a replica holding a session of its conversation ends it first, and rings it there."""
+
 
 class TimerService:
     """The running timers of every conversation, persisted in the store.
@@ -58,6 +68,7 @@ class TimerService:
         clock: Callable[[], float] = time.time,
         poll_s: float = 1.0,
         max_timers: int = 20,
+        unheard_grace_s: float = UNHEARD_GRACE_S,
     ) -> None:
         """Create the service (call :meth:`start`).
 
@@ -68,13 +79,19 @@ class TimerService:
             poll_s: The end-of-timer task looks at the clock at least this often (a clock
                 that jumps, or a fake one, is noticed within it).
             max_timers: Running timers allowed per conversation.
+            unheard_grace_s: A timer whose conversation has no listener here ends this long
+                after it is due (another replica may have one); 0 in a single process.
         """
         self.store = store
         self.clock = clock
         """Unix seconds."""
         self.poll_s = poll_s
         self.max_timers = max_timers
+        self.unheard_grace_s = unheard_grace_s
         self._running: dict[str, Timer] = {}
+        # Held across a store write and the change it makes here: adopt() reads the store
+        # under it, so it never merges a snapshot older than what is held.
+        self._lock = asyncio.Lock()
         self._ringing: dict[str, Timer] = {}
         self._listeners: dict[str, list[TimerListener]] = {}
         self._changed = asyncio.Event()
@@ -106,6 +123,7 @@ class TimerService:
     def subscribe(self, conversation_id: str, listener: TimerListener) -> Callable[[], None]:
         """Hear the timer events of a conversation; returns the call that stops it."""
         self._listeners.setdefault(conversation_id, []).append(listener)
+        self._changed.set()  # its due timers no longer wait for another replica
 
         def unsubscribe() -> None:
             listeners = self._listeners.get(conversation_id, [])
@@ -115,6 +133,37 @@ class TimerService:
                 self._listeners.pop(conversation_id, None)
 
         return unsubscribe
+
+    async def adopt(self, conversation_id: str) -> list[Timer]:
+        """Hold the conversation's running timers as the store has them now.
+
+        Called when a session opens or resumes the conversation here: a timer set through
+        another replica (one drained since, or one the conversation's session left) is then
+        scheduled here too, and one paused or changed there is taken as it stands. Timers the
+        store no longer runs are let go.
+
+        Returns:
+            The timers this service did not hold before. A store error is logged and nothing
+            changes (the session opens with the timers held here).
+        """
+        async with self._lock:
+            try:
+                stored = await asyncio.to_thread(
+                    self.store.timers, state="running", conversation_id=conversation_id
+                )
+            except VoicebotError as error:
+                _LOGGER.error("could not read the timers of %s: %s", conversation_id, error)
+                return []
+            held = {t.id for t in self._running.values() if t.conversation_id == conversation_id}
+            adopted = [t for t in stored if t.id not in self._running]
+            for timer in stored:
+                self._running[timer.id] = timer
+            for gone in held - {t.id for t in stored}:
+                del self._running[gone]  # ended or cancelled through another replica
+        if adopted:
+            _LOGGER.info("adopted %d timers of %s", len(adopted), conversation_id)
+        self._changed.set()
+        return adopted
 
     def remaining_s(self, timer: Timer) -> float:
         """Seconds left on a timer (0 once due; what it had left, while paused)."""
@@ -168,14 +217,16 @@ class TimerService:
         return timer
 
     async def _keep(self, timer: Timer) -> None:
-        await asyncio.to_thread(self.store.add_timer, timer)
-        self._running[timer.id] = timer
+        async with self._lock:
+            await asyncio.to_thread(self.store.add_timer, timer)
+            self._running[timer.id] = timer
         self._changed.set()
 
     async def cancel(self, timer: Timer) -> bool:
         """Cancel a running timer; False when it was no longer running."""
-        self._running.pop(timer.id, None)
-        ended = await asyncio.to_thread(self.store.end_timer, timer.id, "cancelled")
+        async with self._lock:
+            self._running.pop(timer.id, None)
+            ended = await asyncio.to_thread(self.store.end_timer, timer.id, "cancelled")
         if ended:
             await self._tell(
                 timer.conversation_id, TimerCancelled(timer.id, timer.name, timer.seconds)
@@ -196,13 +247,14 @@ class TimerService:
         else:
             assert timer.paused_s is not None
             changed = dataclasses.replace(timer, paused_s=None, ends_at=now + timer.paused_s)
-        stored = await asyncio.to_thread(
-            self.store.pause_timer, timer.id, changed.paused_s, changed.ends_at
-        )
-        if not stored:
-            self._running.pop(timer.id, None)
-            return None
-        self._running[timer.id] = changed
+        async with self._lock:
+            stored = await asyncio.to_thread(
+                self.store.pause_timer, timer.id, changed.paused_s, changed.ends_at
+            )
+            if not stored:
+                self._running.pop(timer.id, None)
+                return None
+            self._running[timer.id] = changed
         self._changed.set()
         await self._tell(timer.conversation_id, self.started_event(changed))
         return changed
@@ -228,10 +280,11 @@ class TimerService:
                 timer.id, changed.seconds, changed.ends_at
             ) and self.store.pause_timer(timer.id, changed.paused_s, changed.ends_at)
 
-        if not await asyncio.to_thread(store):
-            self._running.pop(timer.id, None)
-            return None
-        self._running[timer.id] = changed
+        async with self._lock:
+            if not await asyncio.to_thread(store):
+                self._running.pop(timer.id, None)
+                return None
+            self._running[timer.id] = changed
         self._changed.set()
         await self._tell(timer.conversation_id, self.started_event(changed))
         return changed
@@ -245,19 +298,30 @@ class TimerService:
         return timers
 
     async def check(self) -> list[Timer]:
-        """End the timers that are due; returns those this service ended."""
+        """End the timers that are due; returns those this service ended.
+
+        A timer whose conversation nobody here listens to is due ``unheard_grace_s`` late.
+        """
         now = self.clock()
-        due = [t for t in self._running.values() if t.ends_at <= now and t.paused_s is None]
+        due = [t for t in self._running.values() if t.paused_s is None and self._due_at(t) <= now]
         ended: list[Timer] = []
         for timer in sorted(due, key=lambda t: t.ends_at):
-            self._running.pop(timer.id, None)
-            try:
-                mine = await asyncio.to_thread(self.store.end_timer, timer.id, "finished")
-            except VoicebotError as error:
-                _LOGGER.error("could not end timer %s: %s", timer.id, error)
-                continue
-            if not mine:
-                continue  # cancelled meanwhile, or ended by another process on the same file
+            async with self._lock:
+                if self._running.get(timer.id) is not timer:
+                    continue  # changed here meanwhile
+                del self._running[timer.id]
+                try:
+                    mine = await asyncio.to_thread(
+                        self.store.end_timer, timer.id, "finished", due_by=now
+                    )
+                except VoicebotError as error:
+                    _LOGGER.error("could not end timer %s: %s", timer.id, error)
+                    continue
+                if not mine:
+                    # Cancelled, or ended by another replica: let go. Paused or lengthened
+                    # through another replica: held again as it stands now.
+                    await self._reload(timer)
+                    continue
             ended.append(timer)
             self._ringing[timer.id] = timer
             _LOGGER.info("timer %s (%r, %g s) finished", timer.id, timer.name, timer.seconds)
@@ -265,6 +329,24 @@ class TimerService:
                 timer.conversation_id, TimerFinished(timer.id, timer.name, timer.seconds)
             )
         return ended
+
+    def _due_at(self, timer: Timer) -> float:
+        if self._listeners.get(timer.conversation_id):
+            return timer.ends_at
+        return timer.ends_at + self.unheard_grace_s
+
+    async def _reload(self, timer: Timer) -> None:
+        try:
+            stored = await asyncio.to_thread(
+                self.store.timers, state="running", conversation_id=timer.conversation_id
+            )
+        except VoicebotError as error:
+            _LOGGER.error("could not read timer %s: %s", timer.id, error)
+            return
+        for now_stored in stored:
+            if now_stored.id == timer.id:
+                self._running[timer.id] = now_stored
+                self._changed.set()
 
     async def _tell(self, conversation_id: str, event: TimerEvent) -> None:
         for listener in list(self._listeners.get(conversation_id, [])):
@@ -284,7 +366,7 @@ class TimerService:
             except Exception:  # a loop boundary: log and keep the timers going
                 _LOGGER.exception("timer check failed")
             delay = self.poll_s
-            ends = [t.ends_at for t in self._running.values() if t.paused_s is None]
+            ends = [self._due_at(t) for t in self._running.values() if t.paused_s is None]
             if ends:
                 delay = min(delay, max(0.0, min(ends) - self.clock()))
             self._changed.clear()
