@@ -3,9 +3,10 @@ template is decoded a second time with the skills' words as Whisper's prompt.
 
 Whisper takes a prompt as text said just before the audio, so the words in it are heard
 more readily ("Cancel all timers." is heard as "Cancel Alzheimer's" without it). Given on
-every utterance, the prompt costs ordinary speech: on the 160 recordings of the speech
-recognition benchmark (``voicebot bench --stt-accuracy``) the word error rate rose from 0.073
-to 0.083 and the 95th percentile time from 229 to 574 ms. So the first decoding is always
+every utterance, the prompt costs ordinary speech: on the 160 questions and statements of
+the speech recognition benchmark (``voicebot bench --stt-accuracy``), spoken noise-free by
+Piper and espeak-ng, the word error rate went from 0.072 to 0.073 and the 95th percentile
+time from 194 to 424 ms. So the first decoding is always
 the plain one, and the prompted one is kept only when a skill then understands it: ordinary
 speech is transcribed as before, and only an utterance with a skill's word in it that no
 template matched (a few in a hundred chat questions) pays a second decoding.
