@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -34,6 +35,7 @@ from voicebot.transports.websocket import VoiceServer, check_server_settings
 from .conftest import REPO, make_settings
 from .test_browser import CHROMIUM, STEP_MS, chromium, running_server
 from .test_server import RATE, engines, next_event
+from .test_server_real import _self_signed
 
 SECRET = "Sq7-very-secret-token-4711"
 OTHER_ADDRESS = ("127.0.0.2", 0)
@@ -154,8 +156,10 @@ class Serve:
             file.close()
 
 
-def http_get(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+def http_get(port: int, path: str, context: ssl.SSLContext | None = None) -> str:
+    scheme = "https" if context else "http"
+    url = f"{scheme}://127.0.0.1:{port}{path}"
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
         return str(response.read().decode())
 
 
@@ -220,23 +224,32 @@ async def test_insecure_serve_warns_runs_and_never_logs_its_token(tmp_path: Path
 
 
 @pytest.mark.models
-async def test_serve_reads_its_token_from_the_systemd_credential(tmp_path: Path) -> None:
+async def test_tls_serve_reads_its_token_from_the_systemd_credential(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
     credentials = tmp_path / "credentials"
     credentials.mkdir(mode=0o700)
     (credentials / "token").write_text(SECRET + "\n")
     (credentials / "token").chmod(0o600)
-    serve = Serve(tmp_path, env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    tls = ("--certfile", str(cert), "--keyfile", str(key))
+    serve = Serve(
+        tmp_path, "--host", "0.0.0.0", *tls, env={"CREDENTIALS_DIRECTORY": str(credentials)}
+    )
+    context = ssl.create_default_context(cafile=str(cert))
     try:
         await serve.ready()
         cmdline = await asyncio.to_thread(Path(f"/proc/{serve.process.pid}/cmdline").read_bytes)
         assert b"serve" in cmdline and SECRET.encode() not in cmdline
-        config = json.loads(await asyncio.to_thread(http_get, serve.port, "/config.json"))
-        assert config["token_required"] is True
-        assert await attempt(serve.url(), None) == (1008, "unauthorized")
-        assert await attempt(serve.url(), SECRET) == ("ready", "")
+        config = await asyncio.to_thread(http_get, serve.port, "/config.json", context)
+        assert json.loads(config)["token_required"] is True
+        url = f"wss://127.0.0.1:{serve.port}/ws"
+        assert await attempt(url, None, ssl=context) == (1008, "unauthorized")
+        assert await attempt(url, SECRET, ssl=context) == ("ready", "")
     finally:
         serve.stop()
-    assert SECRET not in serve.output()
+    output = serve.output()
+    assert "clear text" not in output  # TLS: no --insecure, no warning
+    assert "not logged]" in output  # frames were logged, at debug level
+    assert SECRET not in output
 
 
 def test_a_flag_or_the_environment_outranks_the_credential(tmp_path: Path) -> None:
