@@ -386,6 +386,12 @@ async def test_the_python_client_never_logs_its_token(
     assert SECRET not in caplog.text
 
 
+def test_the_settings_never_show_the_token(settings: Settings) -> None:
+    shown = public(settings)
+    assert shown.server.token == SECRET
+    assert SECRET not in repr(shown) and SECRET not in str(shown.server)
+
+
 def test_failures_expire_after_a_minute_and_memory_is_bounded() -> None:
     now = [0.0]
     limiter = AuthLimiter(2, clock=lambda: now[0])

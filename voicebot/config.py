@@ -249,7 +249,7 @@ class ServerSettings:
     """Address to bind."""
     port: int = 8765
     """Port to bind; 0 picks a free one."""
-    token: str = ""
+    token: str = field(default="", repr=False)  # a logged Settings must not show it
     """Shared secret clients send in ``start``; required when binding beyond loopback. Unset,
     it is read from ``$CREDENTIALS_DIRECTORY/token`` (systemd's ``LoadCredential=token:...``)."""
     insecure: bool = False
