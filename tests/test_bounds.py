@@ -166,7 +166,7 @@ async def test_a_client_not_reading_and_one_too_fast_are_cut_off_while_a_third_i
     # The good session goes on, alone.
     await good.send(json.dumps({"type": "text", "text": "ping"}))
     assert (await next_event(good, "reply_done"))["text"] == "You said ping."
-    assert len(server.sessions) == 1 and server.active_connections == 1
+    await until(lambda: len(server.sessions) == 1 and server.active_connections == 1)
     await good.close()
     await until(lambda: not server.sessions and not server.active_connections)
     await until(lambda: not leftover_tasks(before))
@@ -199,11 +199,19 @@ async def test_a_full_model_queue_is_an_error_to_that_session_which_goes_on(
     worker = server.engines.worker(server.engines.stt, "stt")
     gate = threading.Event()
     # One call running and a full queue of urgent ones: nothing a session asks can shed them.
-    blockers = [
-        asyncio.create_task(worker.run(gate.wait, 10.0, priority=Priority.URGENT))
-        for _ in range(worker.max_queued + 1)
-    ]
+    running = threading.Event()
+
+    def hold() -> None:
+        running.set()
+        gate.wait(10.0)
+
+    blockers = [asyncio.create_task(worker.run(hold, priority=Priority.URGENT))]
     try:
+        await until(running.is_set)  # out of the queue: the queue's 16 places are free
+        blockers += [
+            asyncio.create_task(worker.run(gate.wait, 10.0, priority=Priority.URGENT))
+            for _ in range(worker.max_queued)
+        ]
         await until(lambda: worker.queued == worker.max_queued)
         await send_speech(good, tone(0.8) + silence(1.0, RATE))
         error = await next_event(good, "error")
