@@ -132,7 +132,18 @@ class _SQLite(_Backend):
         # module's implicit transactions would commit before each DDL statement).
         self.db = sqlite3.connect(path, check_same_thread=False, timeout=10.0, isolation_level=None)
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
+            # Turning a new file to WAL takes an exclusive lock without waiting on the busy
+            # timeout: stores opening the same new file at once (replicas, threads) get
+            # "database is locked" at once, so it is retried for as long as that timeout.
+            deadline = time.monotonic() + 10.0
+            while True:
+                try:
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as error:
+                    if "locked" not in str(error) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA synchronous=NORMAL")
             # Deleted rows are overwritten with zeros, not left readable in free pages.
