@@ -730,15 +730,19 @@ async def test_the_client_reports_an_abnormal_close_and_exits_non_zero(
         "--reconnect-for",
         "0",  # by default it would reconnect and resume (tests/test_replicas.py)
     ]
+    err = ""
     try:
         client = asyncio.create_task(asyncio.to_thread(main, argv))
-        async with asyncio.timeout(10):
-            while not server.sessions:  # noqa: ASYNC110  (a test polling server state)
+        # Closed once the client has its session ("ready"): closed before, the client says
+        # the server closed the session before it began (exit 2).
+        async with asyncio.timeout(20):
+            while "[connected:" not in err:
                 await asyncio.sleep(0.02)
+                err += capsys.readouterr().err
     finally:
         await asyncio.wait_for(server.close(), 10)  # closes the session with 1001
     assert await asyncio.wait_for(client, 20) == 1
-    assert "1001 server shutting down" in capsys.readouterr().err
+    assert "1001 server shutting down" in err + capsys.readouterr().err
 
 
 async def test_the_client_exits_2_when_the_server_is_full(
