@@ -54,16 +54,17 @@ class LongTts(FakeTts):
 
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[VoiceServer]:
-    bounds = replace(
-        settings.server,
-        port=0,
-        send_timeout_s=1.0,  # the defaults, 20 s each, make the same test slower
-        max_paced_s=2.0,
-        send_buffer_bytes=1 << 16,
-    )
+    # The defaults, 20 s each, make the same tests slower.
+    voice_server = await _server(settings, send_timeout_s=1.0, max_paced_s=2.0)
+    yield voice_server
+    await asyncio.wait_for(voice_server.close(), 30)
+    voice_server.store.close()
+
+
+async def _server(settings: Settings, **server_settings: Any) -> VoiceServer:
     settings = replace(
         settings,
-        server=bounds,
+        server=replace(settings.server, port=0, **server_settings),
         session=replace(settings.session, max_reply_s=600.0),
     )
     engines = Engines(
@@ -72,12 +73,9 @@ async def server(settings: Settings) -> AsyncIterator[VoiceServer]:
         tts=LongTts(sample_rate_hz=22050),
         vad_factory=FakeVad,
     )
-    store = Store(settings.database_path())
-    voice_server = VoiceServer(engines, settings, store)
+    voice_server = VoiceServer(engines, settings, Store(settings.database_path()))
     await voice_server.start()
-    yield voice_server
-    await asyncio.wait_for(voice_server.close(), 30)
-    store.close()
+    return voice_server
 
 
 async def non_reader(server: VoiceServer) -> tuple[ClientConnection, str]:
@@ -190,6 +188,28 @@ async def test_a_client_that_never_reads_again_is_dropped_and_leaves_nothing(
     assert (await next_event(good, "reply_done"))["text"] == "You said ping."
     await good.close()
     deaf.transport.abort()
+
+
+async def test_frames_piling_up_past_the_cap_cut_a_client_off_before_the_send_timeout(
+    settings: Settings,
+) -> None:
+    # A 1 KiB buffer caps what is held at 4 KiB: less than one 0.1 s audio frame. A send that
+    # waits for the client to read is then cancelled by `interrupt`, and its frame stays
+    # behind; the `interrupted` frame finds more than the cap unsent.
+    server = await _server(settings, send_buffer_bytes=1024, send_timeout_s=600.0)
+    try:
+        deaf, deaf_id = await non_reader(server)
+        deaf_server_side = server_side(server, deaf_id)
+        await deaf.send(json.dumps({"type": "text", "text": "tell me a story"}))
+        await until(lambda: deaf_server_side.transport.get_write_buffer_size() > 4096)
+        await deaf.send(json.dumps({"type": "interrupt"}))
+        await until(lambda: not server.sessions)  # long before the 600 s send timeout
+        not_reading = await closed_by_server(deaf, timeout_s=30)
+        assert not_reading.rcvd is not None
+        assert (not_reading.rcvd.code, not_reading.rcvd.reason) == (1008, "not reading")
+    finally:
+        await asyncio.wait_for(server.close(), 30)
+        server.store.close()
 
 
 async def test_a_full_model_queue_is_an_error_to_that_session_which_goes_on(

@@ -289,7 +289,7 @@ class ServerSettings:
     """What the server buffers for one connection beyond the system's socket buffers (32 KiB,
     websockets' own default, about 0.7 s of 22.05 kHz reply audio): above it the reply waits
     for the client to read. More delays ``interrupted`` behind queued audio on a slow link.
-    The server never holds 4 times this for a connection (past that: 1008 ``not reading``)."""
+    More than 4 times this unsent for a connection closes it (1008 ``not reading``)."""
     send_timeout_s: float = 20.0
     """A send to a client that takes nothing this long (it does not read its socket) closes
     the connection with 1008 ``not reading``; its session ends at once."""

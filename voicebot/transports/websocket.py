@@ -813,7 +813,7 @@ class _Sender:
         if self._cut_off is not None:
             return
         buffered = self.connection.transport.get_write_buffer_size()
-        if buffered + len(frame) > self.max_buffered_bytes:
+        if buffered > self.max_buffered_bytes:  # cancelled sends left their frames
             self._cut(f"{buffered} bytes unsent")
             return
         try:
