@@ -439,7 +439,7 @@ class VoiceServer:
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
         if self._closing:
-            await connection.close(CLOSE_GOING_AWAY, "server shutting down")
+            await _close_within(connection, CLOSE_GOING_AWAY, "server shutting down")
             return
         address = _client_address(connection)
         if self.settings.server.token and self.auth_failures.blocked(address):
@@ -448,11 +448,11 @@ class VoiceServer:
         # No await between the check and the add: concurrent arrivals cannot all pass.
         if len(self._connections) >= self.settings.server.max_sessions:
             self.metrics.reject("full")
-            await connection.close(CLOSE_SERVER_FULL, "server full, try again later")
+            await _close_within(connection, CLOSE_SERVER_FULL, "server full, try again later")
             return
         if not self.address_sessions.admit(address):
             self.metrics.reject("per_address")
-            await connection.close(CLOSE_SERVER_FULL, CLOSE_REASON_PER_ADDRESS)
+            await _close_within(connection, CLOSE_SERVER_FULL, CLOSE_REASON_PER_ADDRESS)
             return
         self._connections.add(connection)
         try:
@@ -505,7 +505,7 @@ class VoiceServer:
         except VoicebotError as error:
             self.sessions.pop(connection, None)
             await _send_quietly(connection, error_frame(error.code, str(error)))
-            await connection.close(CLOSE_POLICY, error.code)
+            await _close_within(connection, CLOSE_POLICY, error.code)
             return
         try:
             history = [
@@ -580,7 +580,7 @@ class VoiceServer:
                             error_frame("not_started", "the first message must be 'start'"),
                         )
                         if isinstance(message, StopMessage):
-                            await connection.close(CLOSE_NORMAL, "stopped")
+                            await _close_within(connection, CLOSE_NORMAL, "stopped")
                             return None
                         continue
                     token = self.settings.server.token
@@ -595,14 +595,14 @@ class VoiceServer:
                         await _send_quietly(
                             connection, error_frame("unauthorized", "wrong or missing token")
                         )
-                        await connection.close(CLOSE_POLICY, "unauthorized")
+                        await _close_within(connection, CLOSE_POLICY, "unauthorized")
                         return None
                     if token:
                         self.auth_failures.succeeded(address)
                     return message
         except TimeoutError:
             self.metrics.reject("no_start")
-            await connection.close(CLOSE_POLICY, "no start message")
+            await _close_within(connection, CLOSE_POLICY, "no start message")
         except ConnectionClosed:
             pass
         return None
