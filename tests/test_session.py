@@ -189,6 +189,26 @@ async def test_empty_transcript_gives_no_reply(settings: Settings) -> None:
     assert session.dialogue.turns == []
 
 
+@pytest.mark.parametrize("written", ["", "  ", "***"])
+async def test_a_reply_with_nothing_to_say_says_so(settings: Settings, written: str) -> None:
+    from voicebot.responder import NO_ANSWER
+
+    recorder = Recorder()
+    engines = fake_engines(llm=FakeChat([written, "Hi there."]))
+    session = Session(engines, settings, sink=recorder, realtime_playback=False)
+    await session.start()
+    await asyncio.wait_for(session.send_text("hello"), 5)
+    await asyncio.wait_for(session.wait_idle(), 5)
+    # The user hears that there is no answer, rather than silence.
+    assert [e.text for e in recorder.of(ReplyText)] == [NO_ANSWER]
+    assert recorder.of(AudioOut)
+    assert [e.text for e in recorder.of(ReplyDone)] == [NO_ANSWER]
+    assert session.dialogue.turns[-1].text == NO_ANSWER
+    await asyncio.wait_for(session.send_text("hello again"), 5)
+    await asyncio.wait_for(session.wait_idle(), 5)
+    assert recorder.of(ReplyDone)[-1].text == "Hi there."
+
+
 async def test_an_engine_failure_is_an_error_event_and_the_session_goes_on(
     settings: Settings,
 ) -> None:

@@ -268,6 +268,7 @@ class _Client:
         turn_id: int | None = None
         first_audio: float | None = None
         replied = False
+        reply = ""
         deadline = time.monotonic() + 60
         try:
             while True:
@@ -304,8 +305,11 @@ class _Client:
                 elif kind == "reply_done" and turn_id is not None:
                     if event.get("turn_id") == turn_id:
                         replied = True
+                        reply = event.get("text", "")
                         self.confirmed += 2
                 elif kind == "state" and event.get("state") == "listening" and replied:
+                    if first_audio is None:  # a reply nobody heard is no answer
+                        self.tally.unanswered.append(f"{text} (silent reply {reply!r})")
                     return first_audio is not None
         except TimeoutError:
             self.tally.unanswered.append(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import re
 import threading
 import time
@@ -18,7 +19,12 @@ from .events import AudioOut, Event, ReplyText
 from .speakable import SpeakableChunker
 from .workers import Priority
 
-__all__ = ["ReplyOutcome", "Responder", "Sink", "ms_between"]
+__all__ = ["NO_ANSWER", "ReplyOutcome", "Responder", "Sink", "ms_between"]
+
+_LOGGER = logging.getLogger(__name__)
+
+NO_ANSWER = "Sorry, I don't have an answer to that."
+"""Said when the chat model writes nothing that can be spoken."""
 
 Sink = Callable[[Event], Awaitable[None]]
 """Where a session's events go."""
@@ -238,6 +244,12 @@ class Responder:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
             raise
+        if not outcome.pieces and not cancel.is_set():
+            # The model wrote nothing that can be said (an end of text at once, only symbols):
+            # the user is told so rather than left waiting in silence.
+            _LOGGER.warning("turn %d: the chat model wrote nothing to say", turn_id)
+            await self._respond_fixed(NO_ANSWER, turn_id, emit, cancel, speak, outcome, t0)
+            return outcome
         outcome.text = " ".join(outcome.pieces)
         return outcome
 
