@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from voicebot.audio import silence
@@ -31,7 +30,15 @@ from voicebot.store import Store
 from voicebot.transports.websocket import CLOSE_NOT_READING, CLOSE_TOO_FAST, VoiceServer
 from voicebot.workers import Priority
 
-from .test_server import RATE, Running, closed_by_server, leftover_tasks, next_event, send_speech
+from .test_server import (
+    RATE,
+    Running,
+    closed_by_server,
+    leftover_tasks,
+    next_event,
+    send_speech,
+    silence_streamed,
+)
 
 LONG_WORD = "story"
 
@@ -112,23 +119,9 @@ async def until(condition: Any, timeout_s: float = 30.0) -> None:
             await asyncio.sleep(0.05)
 
 
-@contextlib.asynccontextmanager
-async def streaming_20x(ws: ClientConnection) -> AsyncIterator[None]:
+def streaming_20x(ws: ClientConnection) -> contextlib.AbstractAsyncContextManager[None]:
     """Meanwhile, stream silence at 20 times real time (0.2 s of audio every 10 ms)."""
-
-    async def stream() -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await ws.send(silence(0.2, RATE))
-                await asyncio.sleep(0.01)
-
-    streamer = asyncio.create_task(stream())
-    try:
-        yield
-    finally:
-        streamer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(streamer, 5)
+    return silence_streamed(ws, chunk_s=0.2, every_s=0.01)
 
 
 async def test_a_client_not_reading_and_one_too_fast_are_cut_off_while_a_third_is_answered(

@@ -303,14 +303,17 @@ async def closed_by_server(ws: ClientConnection, timeout_s: float = 5.0) -> Conn
 
 
 @contextlib.asynccontextmanager
-async def silence_streamed(ws: ClientConnection) -> AsyncIterator[None]:
-    """Meanwhile, send what a browser with its microphone on sends: silence, in real time."""
+async def silence_streamed(
+    ws: ClientConnection, chunk_s: float = 0.02, every_s: float = 0.02
+) -> AsyncIterator[None]:
+    """Meanwhile, send what a browser with its microphone on sends: silence, in real time
+    (or ``chunk_s`` of it every ``every_s``: faster than real time)."""
 
     async def stream() -> None:
         with contextlib.suppress(ConnectionClosed):
             while True:
-                await ws.send(silence(0.02, RATE))
-                await asyncio.sleep(0.02)
+                await ws.send(silence(chunk_s, RATE))
+                await asyncio.sleep(every_s)
 
     streamer = asyncio.create_task(stream())
     try:
