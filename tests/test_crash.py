@@ -52,7 +52,7 @@ async def test_kill_9_mid_reply_loses_at_most_that_turn_and_the_store_is_whole(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    first = Replica(tmp_path, "first", data)
+    first = Replica(tmp_path, "first", data_dir=data)
     second: Replica | None = None
     try:
         await first.ready()
@@ -83,7 +83,7 @@ async def test_kill_9_mid_reply_loses_at_most_that_turn_and_the_store_is_whole(
         reply = next(e for e in confirmed if e["type"] == "reply_done")["text"]
         assert stored[:2] == ["My name is Alice.", reply], stored  # the confirmed turn
 
-        second = Replica(tmp_path, "second", data)
+        second = Replica(tmp_path, "second", data_dir=data)
         await second.ready()
         client, resumed, queue, lines, tasks = await _session(second.ws_url, conversation)
         try:

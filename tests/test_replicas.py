@@ -252,21 +252,27 @@ async def test_a_dropped_connection_is_resumed_when_the_server_is_back(settings:
 class Replica:
     """A real ``voicebot serve`` process."""
 
-    def __init__(self, tmp: Path, name: str, store_url: str) -> None:
+    def __init__(
+        self, tmp: Path, name: str, store_url: str = "", *, data_dir: Path | None = None
+    ) -> None:
+        """Start it on ``store_url`` (PostgreSQL) or, without one, on the SQLite store of
+        ``data_dir`` (default: a data directory of its own)."""
         config = tmp / f"{name}.toml"
         config.write_text("")
         self.log = tmp / f"{name}.log"
         self._log_file = self.log.open("wb")
-        data_dir = tmp / f"{name}-data"  # its own: only the store is shared
-        data_dir.mkdir()
+        if data_dir is None:
+            data_dir = tmp / f"{name}-data"  # its own: only the store is shared
+            data_dir.mkdir()
         env = {
             **os.environ,
             "VOICEBOT_DATA_DIR": str(data_dir),
-            # The URL, password included, in the environment: never on the command line.
-            "VOICEBOT_STORE_URL": store_url,
             "VOICEBOT_MODELS": str(REPO / "models"),
             "VOICEBOT_CONFIG": str(config),
         }
+        if store_url:
+            # The URL, password included, in the environment: never on the command line.
+            env["VOICEBOT_STORE_URL"] = store_url
         self.process = subprocess.Popen(  # noqa: S603 - our own command
             [sys.executable, "-m", "voicebot", "serve", "--port", "0"],
             env=env,

@@ -87,8 +87,11 @@ def test_tune_stops_resumes_and_keeps_a_versioned_adapter_with_its_card(
     # The held-out paraphrases were never trained on: the base cannot know these facts.
     assert after["held_out"][0] > base["held_out"][0]
     assert after["held_out"][0] >= 2, after["answers"]
-    # The general quality test set does not get worse (else it would have been refused).
-    assert after["general"][0] >= base["general"][0]
+    # The general quality test set does not get worse beyond one scoring's noise (else it
+    # would have been refused).
+    from voicebot.tune import general_noise
+
+    assert after["general"][0] >= base["general"][0] - general_noise(base["general"][1])
     assert card["accepted"] and not card["forced"]
     assert "held-out paraphrases" in (adapter / "README.md").read_text()
 
@@ -142,3 +145,11 @@ def test_an_adapter_of_another_kind_is_not_converted(tmp_path: Path) -> None:
     (tmp_path / "adapter_config.json").write_text('{"lora_alpha": 8, "use_dora": true}')
     with pytest.raises(ModelError, match="DoRA"):
         peft_to_gguf(tmp_path, tmp_path / "base.gguf")
+
+
+def test_the_gate_allows_one_scorings_noise_and_no_more() -> None:
+    from voicebot.tune import general_noise
+
+    assert general_noise(88) == 3  # 3 % of the general test set, rounded up
+    assert general_noise(10) == 1
+    assert general_noise(0) == 0

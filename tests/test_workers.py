@@ -348,3 +348,18 @@ async def test_leaving_a_stream_while_its_rest_waits_closes_it_in_the_worker(
         # The close is the worker's next call: one more call behind it finds it done.
         await worker.run(lambda: None)
     assert closed_in == ["voicebot-test"]
+
+
+def test_a_prestarted_executor_has_all_its_threads_at_once_and_keeps_that_count() -> None:
+    from voicebot.workers import prestarted_executor
+
+    before = threading.active_count()
+    executor = prestarted_executor(3)
+    try:
+        assert threading.active_count() == before + 3
+        everyone = threading.Barrier(3)  # three calls at once need all three threads
+        for future in [executor.submit(everyone.wait, 10.0) for _ in range(3)]:
+            future.result()
+        assert threading.active_count() == before + 3
+    finally:
+        executor.shutdown()

@@ -257,7 +257,8 @@ async def test_a_synthesized_sentence_is_heard_back(
     events = await read_until(client, "audio-stop")
     assert events[0].type == "audio-start"
     heard = await _heard(events, stt)
-    assert {"quick", "brown", "fox", "lazy", "dog"} <= words(heard), heard
+    # Piper's voice varies a little from run to run (its noise): tiny.en once heard "quit".
+    assert len({"quick", "brown", "fox", "lazy", "dog"} & words(heard)) >= 4, heard
 
 
 async def test_streamed_text_is_spoken_sentence_by_sentence(

@@ -502,6 +502,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     ready_s = time.perf_counter() - started
 
     async def serve() -> int:
+        from .workers import prestarted_executor
+
+        # Its threads all made now: the count an hour of use is compared with (bench --soak).
+        asyncio.get_running_loop().set_default_executor(prestarted_executor())
         server = VoiceServer(engines, settings, store)
         await server.start()
         print(

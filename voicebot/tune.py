@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -471,6 +472,18 @@ def _speed(chat: Any, system: str) -> tuple[float, float]:
     return round(best_first, 1), round(best_rate, 1)
 
 
+GENERAL_NOISE = 0.03
+"""Share of the general test set by which one scoring of the same model can differ from
+the next on the embedded 135M model (its answers depend on what its prompt cache held:
+the same settings scored again moved by up to 3 answers in 115, docs/quality.md)."""
+
+
+def general_noise(items: int) -> int:
+    """Answers of ``items`` a tuned model may lose to the base and still be kept: the
+    run-to-run noise (:data:`GENERAL_NOISE`), not a loss."""
+    return math.ceil(GENERAL_NOISE * items)
+
+
 def evaluate(
     settings: Settings,
     profile: Profile,
@@ -643,7 +656,7 @@ def tune(
     tuned = evaluate(
         settings, profile, facts, f"{base_profile_ref}{ADAPTER_MARK}{staging}", log=log
     )
-    worse = tuned.general[0] < base.general[0]
+    worse = tuned.general[0] < base.general[0] - general_noise(base.general[1])
     card: dict[str, Any] = {
         "name": options.name,
         "base_model": base_reference,

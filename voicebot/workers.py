@@ -15,14 +15,14 @@ import heapq
 import itertools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
 
 from .errors import EngineError, OverloadedError
 
-__all__ = ["DEFAULT_MAX_QUEUED", "ModelWorker", "Priority"]
+__all__ = ["DEFAULT_MAX_QUEUED", "ModelWorker", "Priority", "prestarted_executor"]
 
 T = TypeVar("T")
 
@@ -305,3 +305,25 @@ class _Shed:
 
     def __init__(self, future: Future[Any]) -> None:
         self.future = future
+
+
+def prestarted_executor(threads: int | None = None) -> ThreadPoolExecutor:
+    """A thread pool with all its threads started now, for a loop's default executor.
+
+    asyncio's own pool (``asyncio.to_thread``: the store, file writes) starts a thread only
+    when a call finds none idle, and keeps it: a long-running server's thread count then
+    grows the first time its load peaks, hours in. Started up front, it is the same from the
+    first minute, so what an hour of use adds to it is a leak (``voicebot bench --soak``).
+
+    Args:
+        threads: How many (default: asyncio's own cap, ``min(32, cpus + 4)``).
+    """
+    import os
+
+    count = threads or min(32, (os.cpu_count() or 1) + 4)
+    executor = ThreadPoolExecutor(max_workers=count, thread_name_prefix="asyncio")
+    # Each call waits for all the others, so each takes a thread of its own.
+    everyone = threading.Barrier(count)
+    for future in [executor.submit(everyone.wait, 30.0) for _ in range(count)]:
+        future.result()
+    return executor
