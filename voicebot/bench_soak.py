@@ -133,7 +133,6 @@ def _metric(port: int, name: str) -> float | None:
 
 
 def _snapshot(pid: int, port: int) -> dict[str, float]:
-    values = _proc_counts(pid)
     # The scrape itself is a connection (and a task) while it is served: read the tasks
     # first, then the process again, so the descriptors are counted without it.
     tasks = _metric(port, "voicebot_asyncio_tasks")
@@ -493,16 +492,9 @@ async def _talk_all(
     log: Callable[[str], None] | None = None,
 ) -> None:
     begin = time.perf_counter()
-    if seconds <= 0:  # the warm-up: one connection each, dropped and resumed once
-        clients = [
-            _Client(i, url, questions, options, tally, lambda: begin)
-            for i in range(options.sessions)
-        ]
-        # Enough for: question (barged) + question, drop, resume, question (barged) + question.
-        until = time.monotonic() + 25
-        await asyncio.gather(*(c.run(until) for c in clients))
-        return
-    until = time.monotonic() + seconds
+    # The warm-up (no seconds): enough for a question talked over and the next one, a
+    # dropped connection and its resume, and the same again.
+    until = time.monotonic() + (seconds if seconds > 0 else 25)
     clients = [
         _Client(i, url, questions, options, tally, lambda: begin) for i in range(options.sessions)
     ]
