@@ -492,6 +492,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     check_server_settings(settings)
+    from . import heap
+
+    heap.limit_arenas(settings.server.malloc_arenas)  # before the model threads start
     store = _open_store(settings)
     if store.backend != "sqlite":  # the URL without its password
         print(f"voicebot: conversation store {store.location}", file=sys.stderr, flush=True)
@@ -506,8 +509,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         # Its threads all made now: the count an hour of use is compared with (bench --soak).
         asyncio.get_running_loop().set_default_executor(prestarted_executor())
+        from .heap import trim_periodically
+
         server = VoiceServer(engines, settings, store)
         await server.start()
+        trimmer = asyncio.create_task(trim_periodically(settings.server.memory_trim_interval_s))
         print(
             f"voicebot: ready in {ready_s:.1f} s. Open {server.url} in a browser "
             f"(websocket at {server.url.replace('http', 'ws', 1)}ws)",
@@ -517,6 +523,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         try:
             await server.serve_forever()
         finally:
+            trimmer.cancel()
             # SIGTERM or Ctrl-C: replies in progress finish, the rest are closed with 1001.
             await server.drain()
         return 0
@@ -670,7 +677,10 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     engines = None
     store = None
     if not settings.daemon.server:
+        from . import heap
         from .engines import load_engines
+
+        heap.limit_arenas(settings.server.malloc_arenas)  # before the model threads start
 
         store = _open_store(settings)
         print("[loading models...]", file=sys.stderr, flush=True)
@@ -792,6 +802,9 @@ async def _daemon(
         file=sys.stderr,
         flush=True,
     )
+    from .heap import trim_periodically
+
+    trimmer = asyncio.create_task(trim_periodically(settings.server.memory_trim_interval_s))
     try:
         if timers is not None:
             await timers.start()
@@ -799,6 +812,7 @@ async def _daemon(
                 await daemon.open_conversation()  # timers set before a restart still ring
         await daemon.run(open_source, restart=not args.input)  # READY=1, watchdog, STOPPING=1
     finally:
+        trimmer.cancel()
         if timers is not None:
             await timers.close()
         if args.input:

@@ -296,6 +296,13 @@ class ServerSettings:
     drain_timeout_s: float = 20.0
     """On SIGTERM: longest wait for replies in progress to finish before the remaining
     sessions are closed with 1001 (their clients reconnect, to another replica)."""
+    malloc_arenas: int = 2
+    """glibc malloc arenas the process may use (``mallopt(M_ARENA_MAX)``; also ``voicebot
+    daemon``). glibc's default, 8 per core, keeps the peak of each inference thread's arena
+    for good. 0: glibc's default; ``MALLOC_ARENA_MAX`` in the environment wins."""
+    memory_trim_interval_s: float = 60.0
+    """How often freed heap memory is returned to the system (``malloc_trim``, from a worker
+    thread; also ``voicebot daemon``). 0: never."""
 
 
 @dataclass(frozen=True)
