@@ -384,6 +384,14 @@ def test_a_follow_up_that_cannot_be_rewritten_gets_the_last_exchange() -> None:
     ]
 
 
+def test_a_refusal_is_not_given_with_the_rewritten_follow_up() -> None:
+    dialogue = Dialogue(PROFILE)
+    dialogue.add_user("I'm flying to Lima on Friday.")
+    dialogue.add_assistant("I'm sorry, but as an AI I cannot book flights.")
+    dialogue.add_user("Which country is that in?")
+    assert contents(dialogue.messages(history_turns=0))[1:] == ["Which country is Lima in?"]
+
+
 def test_a_question_that_stands_alone_gets_no_history() -> None:
     dialogue = Dialogue(PROFILE)
     dialogue.add_user("What is the capital of France?")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .config import Profile
 from .engines.base import Message
-from .followup import leans_on_previous, standalone
+from .followup import is_refusal, leans_on_previous, standalone
 from .memory import (
     answer_question,
     apply_command,
@@ -227,7 +227,11 @@ class Dialogue:
             if self.FOLLOWUP_REWRITE:
                 rewritten = self.standalone_question()
             if self.FOLLOWUP_EXCHANGE and (rewritten is None or self.FOLLOWUP_BOTH):
-                history_turns = 2
+                previous = self._previous_exchange()
+                # A refusal ("I'm sorry, as an AI...") does not help the follow-up, and the
+                # small model repeats it: the rewrite alone then.
+                if rewritten is None or previous is None or not is_refusal(previous[1]):
+                    history_turns = 2
         else:
             hidden = self._stale()
         history: list[Message] = []
