@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -363,6 +364,135 @@ async def test_failed_tokens_are_rate_limited_per_address(guarded: VoiceServer) 
         if name == "voicebot_rejected_connections_total"
     }
     assert samples["unauthorized"] == 3 and samples["rate_limited"] == 2
+
+
+def forwarded(*hops: str) -> dict[str, Any]:
+    return {"additional_headers": {"X-Forwarded-For": ", ".join(hops)}}
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_limited(
+    settings: Settings,
+) -> None:
+    # 127.0.0.1 is the proxy; 127.0.0.2 is a client reaching the server directly.
+    settings = replace(
+        settings,
+        server=replace(
+            settings.server,
+            port=0,
+            token=SECRET,
+            auth_failures_per_minute=2,
+            trusted_proxies=("127.0.0.1/32", "10.0.0.0/8"),
+        ),
+    )
+    store = Store(settings.database_path())
+    server = VoiceServer(engines(), settings, store)
+    await server.start()
+    url = ws_url(server)
+    try:
+        # A chain through two trusted proxies: the client is the nearest untrusted hop.
+        for _ in range(2):
+            via = forwarded("198.51.100.9", "203.0.113.5", "10.1.2.3")
+            assert await attempt(url, "wrong", **via) == (1008, "unauthorized")
+        assert await attempt(url, SECRET, **forwarded("203.0.113.5")) == (
+            1008,
+            "too many failed attempts",
+        )
+        # Other clients behind the same proxy, and the proxy itself, are not affected.
+        assert await attempt(url, SECRET, **forwarded("203.0.113.6")) == ("ready", "")
+        assert await attempt(url, SECRET) == ("ready", "")
+        # A peer that is not a trusted proxy cannot choose its address by writing the header,
+        # and a malformed header counts against the proxy that sent it.
+        for _ in range(2):
+            direct = {"local_addr": OTHER_ADDRESS, **forwarded("192.0.2.77")}
+            assert await attempt(url, "wrong", **direct) == (1008, "unauthorized")
+        other = {"local_addr": OTHER_ADDRESS, **forwarded("192.0.2.78")}
+        assert await attempt(url, SECRET, **other) == (1008, "too many failed attempts")
+        for _ in range(2):
+            assert await attempt(url, "wrong", **forwarded("not-an-address")) == (
+                1008,
+                "unauthorized",
+            )
+        assert await attempt(url, SECRET) == (1008, "too many failed attempts")
+        assert await attempt(url, SECRET, **forwarded("203.0.113.6")) == ("ready", "")
+    finally:
+        await asyncio.wait_for(server.close(), 10)
+        store.close()
+
+
+HAPROXY_FORWARDING = """
+global
+    maxconn 64
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout tunnel 30s
+    option forwardfor
+frontend voice
+    bind 127.0.0.1:{port}
+    default_backend one
+backend one
+    server a 127.0.0.1:{backend}
+"""
+
+
+async def test_through_haproxy_each_client_has_its_own_failure_count(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from .test_replicas import start_haproxy
+
+    settings = replace(
+        settings,
+        server=replace(
+            settings.server,
+            port=0,
+            token=SECRET,
+            auth_failures_per_minute=2,
+            trusted_proxies=("127.0.0.1",),
+        ),
+    )
+    store = Store(settings.database_path())
+    server = VoiceServer(engines(), settings, store)
+    await server.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_FORWARDING.format(port=port, backend=server.port))
+    balancer = start_haproxy(config)
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        async with asyncio.timeout(30):
+            while True:  # haproxy listening
+                try:
+                    assert await attempt(url, SECRET) == ("ready", "")
+                    break
+                except OSError:
+                    await asyncio.sleep(0.2)
+        # HAProxy connects from 127.0.0.1 for everyone; X-Forwarded-For tells them apart.
+        for _ in range(2):
+            assert await attempt(url, "wrong", local_addr=OTHER_ADDRESS) == (
+                1008,
+                "unauthorized",
+            )
+        assert await attempt(url, SECRET, local_addr=OTHER_ADDRESS) == (
+            1008,
+            "too many failed attempts",
+        )
+        assert await attempt(url, SECRET, local_addr=("127.0.0.3", 0)) == ("ready", "")
+        assert await attempt(url, SECRET) == ("ready", "")
+    finally:
+        balancer.terminate()
+        balancer.wait(10)
+        await asyncio.wait_for(server.close(), 10)
+        store.close()
+
+
+def test_a_trusted_proxy_that_is_no_address_is_a_config_error(settings: Settings) -> None:
+    bad = replace(settings, server=replace(settings.server, trusted_proxies=("10.0.0.0/33",)))
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        check_server_settings(bad)
 
 
 async def test_a_right_token_clears_the_failures(guarded: VoiceServer) -> None:

@@ -261,6 +261,10 @@ class ServerSettings:
     max_sessions_per_address: int = 4
     """Connections one client address may hold at once; more are closed with 1013. Behind a
     proxy every client has the proxy's address: raise it or set 0 (no cap)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Proxies (addresses or networks, e.g. ``10.0.0.0/8``) whose ``X-Forwarded-For`` names
+    the client: per-address limits then count the client, not the proxy. Empty: the header
+    is ignored (a client could write it)."""
     max_sessions: int = 8
     """Sessions served at once; more are closed with code 1013."""
     idle_timeout_s: float = 300.0

@@ -17,7 +17,7 @@ import logging
 import mimetypes
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -158,6 +158,7 @@ def check_server_settings(settings: Settings) -> None:
     for name in (server.certfile, server.keyfile):
         if name and not Path(name).is_file():
             raise ConfigError(f"cannot read {name}: no such file")
+    trusted_networks(server.trusted_proxies)  # raises on a bad entry
     exposure = plain_text_exposure(server, is_loopback)
     if exposure is not None and not server.insecure:
         raise ConfigError(f"{exposure}: {INSECURE_REMEDY}")
@@ -215,6 +216,7 @@ class VoiceServer:
         self.metrics = VoiceMetrics(sessions=lambda: len(self.sessions), workers=engines.workers)
         self.auth_failures = AuthLimiter(settings.server.auth_failures_per_minute)
         """Failed tokens per client address (``[server] auth_failures_per_minute``)."""
+        self._proxies = trusted_networks(settings.server.trusted_proxies)
         self.address_sessions = AddressSessions(settings.server.max_sessions_per_address)
         """Connections per client address (``[server] max_sessions_per_address``)."""
         hide_frame_payloads("websockets.server")  # the start frame holds the token
@@ -441,7 +443,7 @@ class VoiceServer:
         if self._closing:
             await _close_within(connection, CLOSE_GOING_AWAY, "server shutting down")
             return
-        address = _client_address(connection)
+        address = _client_address(connection, self._proxies)
         if self.settings.server.token and self.auth_failures.blocked(address):
             await self._refuse_rate_limited(connection)
             return
@@ -584,7 +586,7 @@ class VoiceServer:
                             return None
                         continue
                     token = self.settings.server.token
-                    address = _client_address(connection)
+                    address = _client_address(connection, self._proxies)
                     if token and self.auth_failures.blocked(address):
                         # Checked again: connections opened before the address ran out.
                         await self._refuse_rate_limited(connection)
@@ -948,10 +950,60 @@ async def _close_within(connection: ServerConnection, code: int, reason: str) ->
         await connection.wait_closed()
 
 
-def _client_address(connection: ServerConnection) -> str:
-    """The client's IP address (a proxy's, behind one); ``""`` when the socket has none."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(entries: Sequence[str]) -> tuple[Network, ...]:
+    """``[server] trusted_proxies`` parsed.
+
+    Raises:
+        ConfigError: an entry that is no address or network.
+    """
+    networks: list[Network] = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"trusted_proxies: {entry!r} is not an address or a network (10.0.0.0/8)"
+            ) from None
+    return tuple(networks)
+
+
+def _trusted(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _client_address(connection: ServerConnection, proxies: Sequence[Network] = ()) -> str:
+    """The client's IP address; ``""`` when the socket has none.
+
+    From a trusted proxy, the nearest address in ``X-Forwarded-For`` that is not itself a
+    trusted proxy (each proxy appends the address it was reached from); the header of any
+    other peer is ignored, as is a malformed one (the proxy's own address counts then).
+    """
     remote = connection.remote_address
-    return str(remote[0]) if isinstance(remote, tuple) and remote else ""
+    peer = str(remote[0]) if isinstance(remote, tuple) and remote else ""
+    if not proxies or not _trusted(peer, proxies) or connection.request is None:
+        return peer
+    hops = [
+        hop.strip()
+        for header in connection.request.headers.get_all("X-Forwarded-For")
+        for hop in header.split(",")
+    ]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            client = str(ipaddress.ip_address(hop))
+        except ValueError:
+            _LOGGER.debug("ignored a malformed X-Forwarded-For from %s", peer)
+            return peer
+        if not _trusted(client, proxies):
+            break
+    return client
 
 
 def _utf8(text: str) -> bytes:
