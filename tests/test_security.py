@@ -8,6 +8,7 @@ embedded models) for what only a process shows: its output, its command line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -319,25 +320,30 @@ def test_the_shipped_unit_template_has_no_secret() -> None:
 # ------------------------------------------------------------------ failed tokens
 
 
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, **server: Any) -> AsyncIterator[VoiceServer]:
+    """A server on a free port with these ``[server]`` settings, closed after."""
+    settings = replace(settings, server=replace(settings.server, port=0, **server))
+    store = Store(settings.database_path())
+    voice_server = VoiceServer(engines(), settings, store)
+    await voice_server.start()
+    try:
+        yield voice_server
+    finally:
+        await asyncio.wait_for(voice_server.close(), 10)
+        store.close()
+
+
 @pytest.fixture
 async def guarded(settings: Settings) -> AsyncIterator[VoiceServer]:
-    settings = replace(
+    async with serving(
         settings,
-        server=replace(
-            settings.server,
-            port=0,
-            token=SECRET,
-            auth_failures_per_minute=3,
-            max_sessions_per_address=2,
-            max_sessions=6,
-        ),
-    )
-    store = Store(settings.database_path())
-    server = VoiceServer(engines(), settings, store)
-    await server.start()
-    yield server
-    await asyncio.wait_for(server.close(), 10)
-    store.close()
+        token=SECRET,
+        auth_failures_per_minute=3,
+        max_sessions_per_address=2,
+        max_sessions=6,
+    ) as server:
+        yield server
 
 
 def ws_url(server: VoiceServer) -> str:
@@ -374,21 +380,13 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_limited(
     settings: Settings,
 ) -> None:
     # 127.0.0.1 is the proxy; 127.0.0.2 is a client reaching the server directly.
-    settings = replace(
+    async with serving(
         settings,
-        server=replace(
-            settings.server,
-            port=0,
-            token=SECRET,
-            auth_failures_per_minute=2,
-            trusted_proxies=("127.0.0.1/32", "10.0.0.0/8"),
-        ),
-    )
-    store = Store(settings.database_path())
-    server = VoiceServer(engines(), settings, store)
-    await server.start()
-    url = ws_url(server)
-    try:
+        token=SECRET,
+        auth_failures_per_minute=2,
+        trusted_proxies=("127.0.0.1/32", "10.0.0.0/8"),
+    ) as server:
+        url = ws_url(server)
         # A chain through two trusted proxies: the client is the nearest untrusted hop.
         for _ in range(2):
             via = forwarded("198.51.100.9", "203.0.113.5", "10.1.2.3")
@@ -414,9 +412,6 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_limited(
             )
         assert await attempt(url, SECRET) == (1008, "too many failed attempts")
         assert await attempt(url, SECRET, **forwarded("203.0.113.6")) == ("ready", "")
-    finally:
-        await asyncio.wait_for(server.close(), 10)
-        store.close()
 
 
 HAPROXY_FORWARDING = """
@@ -440,21 +435,16 @@ backend one
 async def test_through_haproxy_each_client_has_its_own_failure_count(
     settings: Settings, tmp_path: Path
 ) -> None:
+
+    async with serving(
+        settings, token=SECRET, auth_failures_per_minute=2, trusted_proxies=("127.0.0.1",)
+    ) as server:
+        await _through_haproxy(server, tmp_path)
+
+
+async def _through_haproxy(server: VoiceServer, tmp_path: Path) -> None:
     from .test_replicas import start_haproxy
 
-    settings = replace(
-        settings,
-        server=replace(
-            settings.server,
-            port=0,
-            token=SECRET,
-            auth_failures_per_minute=2,
-            trusted_proxies=("127.0.0.1",),
-        ),
-    )
-    store = Store(settings.database_path())
-    server = VoiceServer(engines(), settings, store)
-    await server.start()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
@@ -485,8 +475,6 @@ async def test_through_haproxy_each_client_has_its_own_failure_count(
     finally:
         balancer.terminate()
         balancer.wait(10)
-        await asyncio.wait_for(server.close(), 10)
-        store.close()
 
 
 def test_a_trusted_proxy_that_is_no_address_is_a_config_error(settings: Settings) -> None:
@@ -577,19 +565,10 @@ async def test_sessions_per_address_are_capped(guarded: VoiceServer) -> None:
 
 
 async def test_zero_sessions_per_address_means_no_cap(settings: Settings) -> None:
-    settings = replace(
-        settings, server=replace(settings.server, port=0, max_sessions_per_address=0)
-    )
-    store = Store(settings.database_path())
-    server = VoiceServer(engines(), settings, store)
-    await server.start()
-    try:
+    async with serving(settings, max_sessions_per_address=0) as server:
         sessions = [await open_session(ws_url(server)) for _ in range(6)]
         for ws in sessions:
             await ws.close()
-    finally:
-        await asyncio.wait_for(server.close(), 10)
-        store.close()
 
 
 def test_address_counts_are_released() -> None:
