@@ -292,8 +292,9 @@ def train_adapter(
 ) -> dict[str, Any]:
     """Train a LoRA adapter on ``samples`` and save it (peft's format) in ``out``.
 
-    A quarter of each batch is ``replay``: the base model's own answers to other questions, so
-    that what it knew is kept while it learns the user's facts.
+    A quarter of each batch is ``replay``: the base model's own right answers to other
+    questions (the quality dev set's), so that what it knew is kept while it learns the user's
+    facts.
 
     Raises:
         TuneStopped: stopped by Ctrl-C or ``stop_after``; the checkpoint was kept.
@@ -497,8 +498,9 @@ def evaluate(
     """Load the chat model ``reference`` (a profile's :attr:`~Profile.llm_reference`) and
     score it on the facts (held-out and trained wordings) and the general test set.
 
-    ``replay``, when given, receives the model's answers to the quality *dev* set, each
-    with the very messages it was sent (never the test set: that one only measures).
+    ``replay``, when given, receives the model's answers to the quality *dev* items it got
+    right, each with the very messages it was sent (never the test set: that one only
+    measures).
     """
     import asyncio
 
@@ -546,8 +548,16 @@ def evaluate(
         if replay is not None:
             recorder = _Recorder(chat)
             engines.llm = recorder
-            quality(engines, profiled, sets=["dev"])
-            replay.extend(recorder.samples)
+
+            def keep_if_right(line: str) -> None:
+                # One line per dev item, after its turns: the samples since the last line are
+                # that item's. Only the answers scored right are replayed: a wrong one ("The
+                # answer is 1.") would be taught to the adapter as the base's behaviour.
+                if line.startswith("ok"):
+                    replay.extend(recorder.samples)
+                recorder.samples.clear()
+
+            quality(engines, profiled, sets=["dev"], log=keep_if_right)
             engines.llm = chat
         scores.first_token_ms, scores.tokens_per_s = _speed(chat, Dialogue(plain).system_prompt())
     finally:
