@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +16,64 @@ import pytest
 from voicebot.config import Settings, load_settings
 from voicebot.engines import Engines
 from voicebot.speech_samples import SpeechMaker
+from voicebot.store import Store
+from voicebot.transports.websocket import VoiceServer
 
 from .pg import postgres, store_location  # noqa: F401 - fixtures: a real PostgreSQL
 
 REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("VOICEBOT_CHROMIUM", "/usr/bin/chromium")
+"""The browser the ``browser`` tests drive (scripts/install-system-deps.sh --test installs it)."""
+
+
+@pytest.fixture(autouse=True)
+def _browser_present(request: pytest.FixtureRequest) -> None:
+    """A ``browser`` test fails with one clear line when Chromium is missing (never skipped)."""
+    if request.node.get_closest_marker("browser") is not None:
+        assert Path(CHROMIUM).exists(), f"Chromium is missing at {CHROMIUM} (apt install chromium)"
+
+
+def voicebot_cli(
+    *args: str, data: Path, stdin: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m voicebot ARGS`` with its data in ``data`` (an empty config there), the
+    checkout's models, and the output captured."""
+    env = {
+        **os.environ,
+        "VOICEBOT_MODELS": str(REPO / "models"),
+        "VOICEBOT_DATA_DIR": str(data),
+        "VOICEBOT_CONFIG": str(data / "config.toml"),
+    }
+    (data / "config.toml").touch()
+    return subprocess.run(  # noqa: S603 - our own command
+        [sys.executable, "-m", "voicebot", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@contextlib.asynccontextmanager
+async def voice_server(engines: Engines, settings: Settings) -> AsyncIterator[VoiceServer]:
+    """A started websocket server on ``settings`` with its own store, closed after."""
+    store = Store(settings.database_path())
+    server = VoiceServer(engines, settings, store)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await asyncio.wait_for(server.close(), 30)
+        store.close()
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """The conversation store in the test's data dir."""
+    store = Store(settings.database_path())
+    yield store
+    store.close()
 
 
 @pytest.fixture

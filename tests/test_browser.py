@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,10 @@ from voicebot.engines import Engines
 from voicebot.store import Store
 from voicebot.transports.websocket import VoiceServer
 
-from .conftest import Speech, make_settings
+from .conftest import CHROMIUM, Speech, make_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.models]
 
-CHROMIUM = os.environ.get("VOICEBOT_CHROMIUM", "/usr/bin/chromium")
 # The machine may have no network at all: without these Chromium stalls on background
 # connections (updates, sync, field trials) and QUIC probes.
 HEADLESS_ARGS = [
@@ -164,20 +162,6 @@ async def wait_for_store(store: Store, conversation_id: str) -> list[Any]:
             if users and any(t.role == "assistant" and t.text for t in turns[users[0] :]):
                 return turns
             await asyncio.sleep(0.25)
-
-
-@pytest.fixture(autouse=True)
-def _chromium_installed() -> None:
-    """A missing browser fails the test with one clear line (it is never skipped)."""
-    assert Path(CHROMIUM).exists(), f"Chromium is missing at {CHROMIUM} (apt install chromium)"
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    """The conversation store in the test's data dir."""
-    store = Store(settings.database_path())
-    yield store
-    store.close()
 
 
 @pytest.fixture

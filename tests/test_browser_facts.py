@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from voicebot.engines import Engines
 from voicebot.store import Store
 
 from .test_browser import (
-    CHROMIUM,
     STEP_MS,
     TURN_MS,
     chromium,
@@ -30,19 +28,6 @@ from .test_browser import (
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.models]
-
-
-@pytest.fixture(autouse=True)
-def _chromium_installed() -> None:
-    """A missing browser fails the test with one clear line (it is never skipped)."""
-    assert Path(CHROMIUM).exists(), f"Chromium is missing at {CHROMIUM} (apt install chromium)"
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    store = Store(settings.database_path())
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -12,27 +12,12 @@ import pytest
 
 from voicebot.audio import read_audio, silence, write_wav
 
-from .conftest import REPO, Speech
+from .conftest import REPO, Speech, voicebot_cli
 
 pytestmark = pytest.mark.models
 
 
-def voicebot(*args: str, data: Path, stdin: str | None = None, timeout: float = 300):
-    env = {
-        **os.environ,
-        "VOICEBOT_MODELS": str(REPO / "models"),
-        "VOICEBOT_DATA_DIR": str(data),
-        "VOICEBOT_CONFIG": str(data / "config.toml"),
-    }
-    (data / "config.toml").touch()
-    return subprocess.run(
-        [sys.executable, "-m", "voicebot", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+voicebot = voicebot_cli
 
 
 def test_transcribe_prints_only_the_transcript(speech: Speech, tmp_path: Path) -> None:

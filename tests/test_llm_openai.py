@@ -24,10 +24,9 @@ from voicebot.config import Settings
 from voicebot.engines import Engines, load_llm
 from voicebot.engines.llm_openai import OpenAIChat, estimate_tokens
 from voicebot.errors import LlmUnavailableError
-from voicebot.store import Store
 from voicebot.transports.websocket import VoiceServer
 
-from .conftest import REPO, Speech, make_settings
+from .conftest import REPO, Speech, make_settings, voice_server
 from .test_server import send_speech
 
 pytestmark = pytest.mark.models
@@ -172,10 +171,7 @@ async def test_a_spoken_question_is_answered_by_the_server(
     openai_engines: tuple[Engines, OpenAIChat, Settings], speech: Speech
 ) -> None:
     engines, _, settings = openai_engines
-    store = Store(settings.database_path())
-    server = VoiceServer(engines, settings, store)
-    await server.start()
-    try:
+    async with voice_server(engines, settings) as server:
         ws = await session(server)
         question = silence(0.3, RATE) + speech.piper("What is the capital of France?")
         await send_speech(ws, question + silence(1.5, RATE))
@@ -186,9 +182,6 @@ async def test_a_spoken_question_is_answered_by_the_server(
         metrics = await next_of(ws, {"metrics"})
         assert metrics["ms"]["llm_first_token"] > 0  # measured like the local engines'
         await ws.close()
-    finally:
-        await server.close()
-        store.close()
 
 
 async def test_a_barge_in_closes_the_stream(
@@ -209,10 +202,7 @@ async def test_a_barge_in_closes_the_stream(
             closed.append(count)
 
     chat.stream = counting  # type: ignore[method-assign]
-    store = Store(settings.database_path())
-    server = VoiceServer(engines, settings, store)
-    await server.start()
-    try:
+    async with voice_server(engines, settings) as server:
         ws = await session(server)
         await ws.send(json.dumps({"type": "text", "text": "Tell me a long story about a dragon."}))
         await next_of(ws, {"reply_text"})
@@ -228,9 +218,6 @@ async def test_a_barge_in_closes_the_stream(
         done = await next_of(ws, {"reply_done", "error"})
         assert done["type"] == "reply_done" and "paris" in done["text"].lower(), done
         await ws.close()
-    finally:
-        await server.close()
-        store.close()
 
 
 async def test_the_server_killed_mid_reply_gives_an_error_and_an_apology_then_it_answers_again(
@@ -244,32 +231,30 @@ async def test_the_server_killed_mid_reply_gives_an_error_and_an_apology_then_it
     engines = Engines(
         stt=real_engines.stt, llm=chat, tts=real_engines.tts, vad_factory=real_engines.vad_factory
     )
-    store = Store(settings.database_path())
-    server = VoiceServer(engines, settings, store)
-    await server.start()
     try:
-        ws = await session(server)
-        await ws.send(json.dumps({"type": "text", "text": "Tell me a long story about a dragon."}))
-        await next_of(ws, {"reply_text"})
-        server_process.kill()  # mid-reply
-        error = await next_of(ws, {"error"})
-        assert error["code"] == "llm_unavailable", error
-        apology = await next_of(ws, {"reply_text"})
-        assert apology["text"].startswith("Sorry, I can't reach my language model")
+        async with voice_server(engines, settings) as server:
+            ws = await session(server)
+            await ws.send(
+                json.dumps({"type": "text", "text": "Tell me a long story about a dragon."})
+            )
+            await next_of(ws, {"reply_text"})
+            server_process.kill()  # mid-reply
+            error = await next_of(ws, {"error"})
+            assert error["code"] == "llm_unavailable", error
+            apology = await next_of(ws, {"reply_text"})
+            assert apology["text"].startswith("Sorry, I can't reach my language model")
 
-        # Still down: the next turn fails the same way, and the session lives on.
-        await ws.send(json.dumps({"type": "text", "text": "Are you there?"}))
-        error = await next_of(ws, {"error"})
-        assert error["code"] == "llm_unavailable" and "cannot reach" in error["message"]
+            # Still down: the next turn fails the same way, and the session lives on.
+            await ws.send(json.dumps({"type": "text", "text": "Are you there?"}))
+            error = await next_of(ws, {"error"})
+            assert error["code"] == "llm_unavailable" and "cannot reach" in error["message"]
 
-        server_process.start()  # back, on the same port
-        await ws.send(json.dumps({"type": "text", "text": "What is the capital of France?"}))
-        done = await next_of(ws, {"reply_done", "error"})
-        assert done["type"] == "reply_done" and "paris" in done["text"].lower(), done
-        await ws.close()
+            server_process.start()  # back, on the same port
+            await ws.send(json.dumps({"type": "text", "text": "What is the capital of France?"}))
+            done = await next_of(ws, {"reply_done", "error"})
+            assert done["type"] == "reply_done" and "paris" in done["text"].lower(), done
+            await ws.close()
     finally:
-        await server.close()
-        store.close()
         engines.close()
         server_process.kill()
 

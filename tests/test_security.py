@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ from voicebot.transports.client import VoiceClient
 from voicebot.transports.guard import AddressSessions, AuthLimiter
 from voicebot.transports.websocket import VoiceServer, check_server_settings
 
-from .conftest import REPO, make_settings
-from .test_browser import CHROMIUM, STEP_MS, chromium, running_server
+from .conftest import REPO, make_settings, voice_server
+from .test_browser import STEP_MS, chromium, running_server
 from .test_server import RATE, engines, next_event
 from .test_server_real import _self_signed
 
@@ -324,14 +324,8 @@ def test_the_shipped_unit_template_has_no_secret() -> None:
 async def serving(settings: Settings, **server: Any) -> AsyncIterator[VoiceServer]:
     """A server on a free port with these ``[server]`` settings, closed after."""
     settings = replace(settings, server=replace(settings.server, port=0, **server))
-    store = Store(settings.database_path())
-    voice_server = VoiceServer(engines(), settings, store)
-    await voice_server.start()
-    try:
-        yield voice_server
-    finally:
-        await asyncio.wait_for(voice_server.close(), 10)
-        store.close()
+    async with voice_server(engines(), settings) as started:
+        yield started
 
 
 @pytest.fixture
@@ -582,22 +576,9 @@ def test_address_counts_are_released() -> None:
 # ------------------------------------------------------------------ the browser keeps it
 
 
-@pytest.fixture
-def chromium_present() -> None:
-    """A missing browser fails the test with one clear line (it is never skipped)."""
-    assert Path(CHROMIUM).exists(), f"Chromium is missing at {CHROMIUM} (apt install chromium)"
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    store = Store(settings.database_path())
-    yield store
-    store.close()
-
-
 @pytest.mark.browser
 async def test_the_browser_keeps_the_token_for_the_tab_unless_asked(
-    settings: Settings, store: Store, chromium_present: None
+    settings: Settings, store: Store
 ) -> None:
     settings = replace(settings, server=replace(settings.server, port=0, token=SECRET))
     stored = """() => [sessionStorage.getItem("voicebot.token"),

@@ -74,6 +74,38 @@ class FakeClock:
         self.now += seconds
 
 
+class TimerRig:
+    """A timer service on a fake clock over a store, its router, and the events one
+    conversation hears."""
+
+    def __init__(self, store_location: str, conversation: str = "c") -> None:
+        self.location = store_location
+        self.conversation = conversation
+        self.clock = FakeClock()
+        self.heard: list[Any] = []
+        self.store = Store(store_location)
+        self.timers = TimerService(self.store, clock=self.clock)
+        self.timers.subscribe(conversation, self._hear)
+        self.router = SkillRouter(SkillSettings(), timers=self.timers, clock=self.clock)
+
+    async def _hear(self, event: object) -> None:
+        self.heard.append(event)
+
+    async def say(self, text: str) -> str:
+        """The skill's answer to ``text`` (it must route to one)."""
+        reply = await self.router.route(text, conversation_id=self.conversation)
+        assert reply is not None, text
+        return reply.text
+
+    async def restart(self) -> None:
+        """Close the store and load the timers again, as a new process would (alone)."""
+        self.store.close()
+        self.store = Store(self.location)
+        self.timers = TimerService(self.store, clock=self.clock, unheard_grace_s=0)
+        await self.timers.load()
+        self.router = SkillRouter(SkillSettings(), timers=self.timers, clock=self.clock)
+
+
 # --- the phrasings: (what the user said, or tiny.en wrote, -> intent and slots) ---
 
 TIMER_START: list[tuple[str, float, str]] = [
@@ -484,23 +516,16 @@ def test_extra_templates_add_phrasings(tmp_path: Path) -> None:
 
 
 async def test_timers_start_list_cancel_finish(store_location: str) -> None:
-    clock = FakeClock()
-    store = Store(store_location)
-    timers = TimerService(store, clock=clock)
+    rig = TimerRig(store_location, "c1")
+    clock, store, timers, router, heard, say = (
+        rig.clock,
+        rig.store,
+        rig.timers,
+        rig.router,
+        rig.heard,
+        rig.say,
+    )
     await timers.load()
-    heard: list[object] = []
-
-    async def listener(event: object) -> None:
-        heard.append(event)
-
-    timers.subscribe("c1", listener)
-    router = SkillRouter(SkillSettings(), timers=timers, clock=clock)
-
-    async def say(text: str) -> str:
-        reply = await router.route(text, conversation_id="c1")
-        assert reply is not None, text
-        return reply.text
-
     assert await say("How much time is left?") == "You have no timers running."
     assert await say("Set a 30 second timer for the pasta.") == "Pasta timer set for 30 seconds."
     assert await say("Set a timer for ten minutes.") == "Timer set for 10 minutes."
@@ -548,22 +573,8 @@ async def test_timers_start_list_cancel_finish(store_location: str) -> None:
 
 
 async def test_a_timer_is_lengthened_and_shortened(store_location: str) -> None:
-    clock = FakeClock()
-    store = Store(store_location)
-    timers = TimerService(store, clock=clock)
-    heard: list[object] = []
-
-    async def listener(event: object) -> None:
-        heard.append(event)
-
-    timers.subscribe("c", listener)
-    router = SkillRouter(timers=timers, clock=clock)
-
-    async def say(text: str) -> str:
-        reply = await router.route(text, conversation_id="c")
-        assert reply is not None, text
-        return reply.text
-
+    rig = TimerRig(store_location)
+    clock, store, timers, heard, say = rig.clock, rig.store, rig.timers, rig.heard, rig.say
     assert await say("Add 5 minutes to the timer.") == "You have no timers running."
     await say("Set a timer for 10 minutes for the pasta.")
     clock.advance(60)
@@ -581,23 +592,8 @@ async def test_a_timer_is_lengthened_and_shortened(store_location: str) -> None:
 
 
 async def test_a_timer_is_paused_and_resumed_across_a_restart(store_location: str) -> None:
-    clock = FakeClock()
-    path = store_location
-    store = Store(path)
-    timers = TimerService(store, clock=clock)
-    heard: list[object] = []
-
-    async def listener(event: object) -> None:
-        heard.append(event)
-
-    timers.subscribe("c", listener)
-    router = SkillRouter(timers=timers, clock=clock)
-
-    async def say(text: str) -> str:
-        reply = await router.route(text, conversation_id="c")
-        assert reply is not None, text
-        return reply.text
-
+    rig = TimerRig(store_location)
+    clock, timers, heard, say = rig.clock, rig.timers, rig.heard, rig.say
     assert await say("Pause the timer.") == "You have no timers running."
     await say("Set a timer for 10 minutes for the pasta.")
     clock.advance(60)
@@ -608,17 +604,13 @@ async def test_a_timer_is_paused_and_resumed_across_a_restart(store_location: st
     assert await timers.check() == []
     assert await say("How much time is left?") == "Your pasta timer has 9 minutes left (paused)."
     assert await say("Add 1 minute to the timer.") == "Your pasta timer now has 10 minutes left."
-    store.close()
 
-    store = Store(path)  # a restart: still paused, with what it had left
-    timers = TimerService(store, clock=clock, unheard_grace_s=0)  # one process: nobody else
-    await timers.load()
-    router = SkillRouter(timers=timers, clock=clock)
-    assert [(t.name, t.paused_s) for t in timers.running("c")] == [("pasta", 600.0)]
+    await rig.restart()  # still paused, with what it had left
+    assert [(t.name, t.paused_s) for t in rig.timers.running("c")] == [("pasta", 600.0)]
     assert await say("Start the timer again.") == "Resumed your pasta timer: 10 minutes left."
     clock.advance(600)
-    assert [t.name for t in await timers.check()] == ["pasta"]
-    store.close()
+    assert [t.name for t in await rig.timers.check()] == ["pasta"]
+    rig.store.close()
 
 
 async def test_other_conversations_do_not_hear_or_touch_the_timers(store_location: str) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from voicebot.config import ADAPTER_MARK, Settings
 from voicebot.engines import load_llm
 from voicebot.tune import load_facts
 
-from .conftest import REPO, make_settings
+from .conftest import REPO, make_settings, voicebot_cli
 
 pytestmark = pytest.mark.models
 
@@ -34,20 +32,7 @@ STOP_AFTER = 20
 
 
 def _voicebot(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "VOICEBOT_MODELS": str(REPO / "models"),
-        "VOICEBOT_DATA_DIR": str(data),
-        "VOICEBOT_CONFIG": str(data / "config.toml"),
-    }
-    (data / "config.toml").touch()
-    return subprocess.run(
-        [sys.executable, "-m", "voicebot", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    return voicebot_cli(*args, data=data, timeout=900)
 
 
 @pytest.fixture(scope="module")

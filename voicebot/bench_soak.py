@@ -546,7 +546,11 @@ def _report(
         rss_growth = round(100 * (last_rss - first_rss) / first_rss, 1)
     idle_growth = round(100 * (after["rss_mb"] - baseline["rss_mb"]) / baseline["rss_mb"], 1)
     return {
-        "machine": {"cpu": cpu_info(), "path": "avx2" if options.avx2 else "best"},
+        "machine": {
+            "cpu": cpu_info(),
+            "path": "avx2" if options.avx2 else "best",
+            "allocator": _allocator(options),
+        },
         "options": {
             "minutes": options.minutes,
             "sessions": options.sessions,
@@ -582,6 +586,16 @@ def _report(
     }
 
 
+def _allocator(options: SoakOptions) -> str:
+    """How the server's malloc was set up (voicebot.heap), as the report says it."""
+    from .config import load_settings
+
+    server = load_settings(options.config).server
+    arenas = os.environ.get("MALLOC_ARENA_MAX")
+    arenas = f"MALLOC_ARENA_MAX={arenas}" if arenas else f"malloc_arenas {server.malloc_arenas}"
+    return f"{arenas}, malloc_trim every {server.memory_trim_interval_s:g} s"
+
+
 def format_soak(report: Mapping[str, Any]) -> str:
     """The report as a few lines of text."""
     base, after = report["baseline"], report["after"]
@@ -590,7 +604,8 @@ def format_soak(report: Mapping[str, Any]) -> str:
     flags = ", ".join(name for name, has in cpu["flags"].items() if has)
     lines = [
         f"soak: {report['options']['minutes']} min, {report['options']['sessions']} sessions, "
-        f"{report['machine']['path']} path; {cpu['model']} ({flags})",
+        f"{report['machine']['path']} path; {cpu['model']} ({flags}); "
+        f"{report['machine'].get('allocator', '')}",
         f"  server alive at the end: {report['server_alive']}",
         f"  RSS with the sessions open: {steady['rss_mb']} MB at {steady['t_s'] / 60:.1f} min -> "
         f"{report['samples'][-1]['rss_mb']} MB at the end ({report['rss_growth_pct']:+} %); idle "
