@@ -509,11 +509,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         # Its threads all made now: the count an hour of use is compared with (bench --soak).
         asyncio.get_running_loop().set_default_executor(prestarted_executor())
-        from .heap import trim_periodically
-
         server = VoiceServer(engines, settings, store)
         await server.start()
-        trimmer = asyncio.create_task(trim_periodically(settings.server.memory_trim_interval_s))
+        interval_s = settings.server.memory_trim_interval_s
+        trimmer = asyncio.create_task(heap.trim_periodically(interval_s))
         print(
             f"voicebot: ready in {ready_s:.1f} s. Open {server.url} in a browser "
             f"(websocket at {server.url.replace('http', 'ws', 1)}ws)",

@@ -157,23 +157,6 @@ class Dialogue:
             return None
         return answer_question(self.turns[-1].text, self.facts, unknown=unknown)
 
-    def standalone_question(self) -> str | None:
-        """The last user turn rewritten to stand alone when it leans on the previous exchange.
-
-        "And an ant?" after "How many legs does a spider have?" reads "How many legs does an
-        ant have?". ``None`` when the turn stands alone or cannot be rewritten.
-        """
-        previous = self._previous_exchange()
-        if previous is None:
-            return None
-        question, answer, current = previous
-        return standalone(current, question, answer)
-
-    def leans_on_previous(self) -> bool:
-        """Whether the last user turn looks like a follow-up of the previous exchange."""
-        previous = self._previous_exchange()
-        return previous is not None and leans_on_previous(previous[2])
-
     def _previous_exchange(self) -> tuple[str, str, str] | None:
         """(previous user text, the answer to it, the last user text), if there are both."""
         if not self.turns or self.turns[-1].role != "user":
@@ -223,14 +206,15 @@ class Dialogue:
         system: Message = {"role": "system", "content": self.system_prompt()}
         rewritten: str | None = None
         hidden: set[int] = set()
-        if history_turns == 0 and self.leans_on_previous():
+        previous = self._previous_exchange() if history_turns == 0 else None
+        if previous is not None and leans_on_previous(previous[2]):
+            question, answer, current = previous
             if self.FOLLOWUP_REWRITE:
-                rewritten = self.standalone_question()
+                rewritten = standalone(current, question, answer)
             if self.FOLLOWUP_EXCHANGE and (rewritten is None or self.FOLLOWUP_BOTH):
-                previous = self._previous_exchange()
                 # A refusal ("I'm sorry, as an AI...") does not help the follow-up, and the
                 # small model repeats it: the rewrite alone then.
-                if rewritten is None or previous is None or not is_refusal(previous[1]):
+                if rewritten is None or not is_refusal(answer):
                     history_turns = 2
         else:
             hidden = self._stale()

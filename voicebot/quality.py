@@ -464,6 +464,7 @@ async def _evaluate(
     sets: Iterable[str],
     log: Callable[[str], None] | None,
     categories: Iterable[str] | None = None,
+    on_result: Callable[[ItemResult], None] | None = None,
 ) -> QualityReport:
     from .session import Responder
 
@@ -485,6 +486,8 @@ async def _evaluate(
                 continue
             result = await _run_item(respond, Dialogue(profile), item)
             set_report.results.append(result)
+            if on_result is not None:
+                on_result(result)
             if log is not None:
                 mark = "ok " if result.passed else "BAD"
                 said = " / ".join(item.turns)
@@ -504,6 +507,7 @@ def evaluate(
     sets: Iterable[str] = SETS,
     log: Callable[[str], None] | None = None,
     categories: Iterable[str] | None = None,
+    on_result: Callable[[ItemResult], None] | None = None,
 ) -> QualityReport:
     """Run question sets through the real reply path.
 
@@ -513,9 +517,11 @@ def evaluate(
         sets: Which sets, by name.
         log: Called with one line per item as it is scored.
         categories: Only the items of these categories (``None``: all).
+        on_result: Called with each item's result once it is scored, before the next item
+            runs.
     """
     start = time.perf_counter()
-    report = asyncio.run(_evaluate(engines, settings, list(sets), log, categories))
+    report = asyncio.run(_evaluate(engines, settings, list(sets), log, categories, on_result))
     report.seconds = time.perf_counter() - start
     return report
 

@@ -506,6 +506,7 @@ def evaluate(
 
     from .engines import Engines, load_llm
     from .engines.fake import FakeStt, FakeTts, FakeVad
+    from .quality import ItemResult
     from .quality import evaluate as quality
     from .responder import Responder
 
@@ -549,15 +550,15 @@ def evaluate(
             recorder = _Recorder(chat)
             engines.llm = recorder
 
-            def keep_if_right(line: str) -> None:
-                # One line per dev item, after its turns: the samples since the last line are
-                # that item's. Only the answers scored right are replayed: a wrong one ("The
-                # answer is 1.") would be taught to the adapter as the base's behaviour.
-                if line.startswith("ok"):
+            def keep_if_right(result: ItemResult) -> None:
+                # Called after each dev item: the samples since the last call are that item's.
+                # Only the answers scored right are replayed: a wrong one ("The answer is 1.")
+                # would be taught to the adapter as the base's behaviour.
+                if result.passed:
                     replay.extend(recorder.samples)
                 recorder.samples.clear()
 
-            quality(engines, profiled, sets=["dev"], log=keep_if_right)
+            quality(engines, profiled, sets=["dev"], on_result=keep_if_right)
             engines.llm = chat
         scores.first_token_ms, scores.tokens_per_s = _speed(chat, Dialogue(plain).system_prompt())
     finally:
